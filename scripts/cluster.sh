@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL 15 cluster for pg_entitlements, run as the `postgres` OS user (initdb
+# refuses root), listening on loopback only, with the extension preloaded.
+#   cluster.sh start DIR PORT [extra postgresql.conf lines...]
+#   cluster.sh stop DIR
+set -euo pipefail
+PG_BIN=/usr/lib/postgresql/15/bin
+cmd=$1 dir=$(realpath -m "$2")
+
+as_pg() { sudo -u postgres -- "$@"; }
+
+case $cmd in
+start)
+    port=$3; shift 3
+    if [ -f "$dir/data/postmaster.pid" ]; then
+        as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    chown postgres: "$dir"
+    as_pg "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    {
+        echo "listen_addresses = '127.0.0.1'"
+        echo "port = $port"
+        echo "unix_socket_directories = '$dir'"
+        echo "shared_preload_libraries = 'pg_entitlements'"
+        echo "fsync = off"
+        for line in "$@"; do echo "$line"; done
+    } >> "$dir/data/postgresql.conf"
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
+    ;;
+stop)
+    if [ -f "$dir/data/postmaster.pid" ]; then
+        as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    fi
+    ;;
+*) echo "usage: cluster.sh start DIR PORT [conf...] | stop DIR" >&2; exit 2 ;;
+esac

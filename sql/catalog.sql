@@ -1,0 +1,108 @@
+-- pg_entitlements catalog: the types and tables every function stands on.
+-- Runs first (bootstrap). Functions, triggers, policies and views come in sql/api.sql.
+
+CREATE TYPE entitlements.check_result AS (
+    feature text,
+    enabled boolean,
+    tier text,
+    reason text,
+    cached boolean,
+    resolved_at timestamptz,
+    cache_ttl_remaining integer
+);
+
+CREATE TABLE entitlements.tiers (
+    tier text PRIMARY KEY,
+    level integer NOT NULL UNIQUE,
+    description text
+);
+
+CREATE TABLE entitlements.features (
+    feature text PRIMARY KEY,
+    min_tier text NOT NULL REFERENCES entitlements.tiers ON UPDATE CASCADE,
+    description text
+);
+
+-- Registered workspaces: the rows of the entitlement matrix exist for these.
+CREATE TABLE entitlements.workspaces (
+    workspace_id uuid PRIMARY KEY,
+    registered_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE entitlements.billing_state (
+    workspace_id uuid PRIMARY KEY,
+    tier text NOT NULL REFERENCES entitlements.tiers ON UPDATE CASCADE,
+    status text NOT NULL CHECK (status IN ('trialing', 'active', 'past_due', 'canceled', 'unpaid',
+                                           'incomplete', 'incomplete_expired', 'paused', 'none')),
+    stripe_customer_id text UNIQUE,
+    stripe_subscription_id text,
+    trial_end timestamptz,
+    current_period_end timestamptz,
+    cancel_at_period_end boolean NOT NULL DEFAULT false,
+    past_due_since timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The per-workspace feature matrix: one row per (registered workspace, catalog feature),
+-- kept in step with the resolver by triggers. valid_until: when the stored decision may
+-- change by the clock alone (trial end, grace end, override expiry).
+CREATE TABLE entitlements.entitlements (
+    workspace_id uuid NOT NULL,
+    feature text NOT NULL REFERENCES entitlements.features ON UPDATE CASCADE ON DELETE CASCADE,
+    tier text,
+    enabled boolean NOT NULL,
+    reason_code text,
+    valid_until timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (workspace_id, feature)
+);
+
+CREATE TABLE entitlements.overrides (
+    workspace_id uuid NOT NULL,
+    feature text NOT NULL REFERENCES entitlements.features ON UPDATE CASCADE ON DELETE CASCADE,
+    enabled boolean NOT NULL,
+    reason text,
+    expires_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (workspace_id, feature)
+);
+
+CREATE TABLE entitlements.workspace_members (
+    workspace_id uuid NOT NULL,
+    user_id text NOT NULL,
+    role text NOT NULL DEFAULT 'member',
+    PRIMARY KEY (workspace_id, user_id)
+);
+CREATE INDEX workspace_members_user_idx ON entitlements.workspace_members (user_id);
+
+INSERT INTO entitlements.tiers (tier, level, description) VALUES
+    ('free', 0, 'No subscription needed'),
+    ('pro', 1, 'Pro plan'),
+    ('pro_plus', 2, 'Pro Plus plan'),
+    ('portfolio', 3, 'Portfolio plan'),
+    ('enterprise', 4, 'Enterprise plan');
+
+INSERT INTO entitlements.features (feature, min_tier, description) VALUES
+    ('ccp-01', 'free', 'Workspace dashboard'),
+    ('ccp-02', 'free', 'Single project'),
+    ('ccp-03', 'free', 'Community support'),
+    ('ccp-04', 'pro', 'Unlimited projects'),
+    ('ccp-05', 'pro', 'Data export'),
+    ('ccp-06', 'pro', 'Custom domains'),
+    ('ccp-07', 'pro_plus', 'Team roles'),
+    ('ccp-08', 'pro_plus', 'Scheduled reports'),
+    ('ccp-09', 'pro_plus', 'API access'),
+    ('ccp-10', 'portfolio', 'Multiple portfolios'),
+    ('ccp-11', 'portfolio', 'Cross-portfolio analytics'),
+    ('ccp-12', 'portfolio', 'Priority support'),
+    ('ccp-13', 'enterprise', 'Single sign-on'),
+    ('ccp-14', 'enterprise', 'Audit exports');
+
+-- pg_dump keeps user data (and the catalog as the admin edited it).
+SELECT pg_catalog.pg_extension_config_dump('entitlements.tiers', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.features', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.workspaces', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.billing_state', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.entitlements', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.overrides', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.workspace_members', '');

@@ -1,0 +1,40 @@
+//! pg_entitlements: "may workspace W use feature F right now?", answered inside PostgreSQL
+//! from the workspace's tier, its billing status and admin overrides.
+//!
+//! Module map: `resolver` (the rules, pure), `catalog` (reads the tables), `identity` (who
+//! asks), `api` (the SQL functions), `gucs` (settings), `errors` (SQLSTATEs).
+//! The tables, policies and views are SQL, in `sql/`.
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!(name, version);
+
+mod api;
+mod catalog;
+mod errors;
+mod gucs;
+mod identity;
+pub mod resolver;
+
+extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
+extension_sql_file!("../sql/api.sql", name = "api", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'pg_entitlements'"]
+    }
+}
