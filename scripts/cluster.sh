@@ -3,8 +3,9 @@
 # refuses root), listening on loopback only, with the extension preloaded.
 #   cluster.sh start DIR PORT [extra postgresql.conf lines...]
 #   cluster.sh stop DIR
+# PG_ROOT (optional) selects a private copy of the PostgreSQL install (see scripts/setup.sh).
 set -euo pipefail
-PG_BIN=/usr/lib/postgresql/15/bin
+PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
 cmd=$1 dir=$(realpath -m "$2")
 
 as_pg() { sudo -u postgres -- "$@"; }

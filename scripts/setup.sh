@@ -44,3 +44,14 @@ if ! python3 -c 'import stripe, psycopg' 2>/dev/null; then
     say "installing Python packages: stripe, psycopg"
     python3 -m pip install --quiet --disable-pip-version-check 'stripe==16.1.0' 'psycopg[binary]>=3.1,<4'
 fi
+
+# PG_ROOT=/some/dir: a private, relocated copy of the PostgreSQL 15 install, so that a second
+# checkout (a git worktree) can install and test its own build of the extension without
+# replacing the system one. PostgreSQL finds its share and lib dirs relative to its binaries.
+if [ -n "${PG_ROOT:-}" ] && [ ! -x "$PG_ROOT/usr/lib/postgresql/15/bin/postgres" ]; then
+    say "copying the PostgreSQL 15 install to $PG_ROOT"
+    mkdir -p "$PG_ROOT/usr/lib/postgresql" "$PG_ROOT/usr/share/postgresql" "$PG_ROOT/usr/include"
+    cp -a /usr/lib/postgresql/15 "$PG_ROOT/usr/lib/postgresql/"
+    cp -a /usr/share/postgresql/15 "$PG_ROOT/usr/share/postgresql/"
+    cp -a /usr/include/postgresql "$PG_ROOT/usr/include/"
+fi

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every test of pg_entitlements, in order of cost:
+#   1. cargo pgrx test: the pure unit tests and the #[pg_test]s (in-server, rolled back);
+#   2. cargo pgrx install, then the pg_test/ regression scenarios against a fresh cluster;
+#   3. the tests/ integration tests over real connections (each starts its own cluster);
+#   4. the Stripe SDK cross-check (python).
+# Installs whatever is missing first. PG_ROOT selects a private PostgreSQL copy (setup.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+bash scripts/setup.sh
+
+PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
+PG_CONFIG=$PG_BIN/pg_config
+RUN=$PWD/.run
+mkdir -p "$RUN"
+step() { printf '\n==== %s\n' "$*"; }
+
+step "unit tests and #[pg_test]s (cargo pgrx test)"
+rm -rf "$RUN/pgrx-test"
+mkdir -p "$RUN/pgrx-test" && chown postgres: "$RUN/pgrx-test"
+cargo pgrx test pg15 --runas postgres --pgdata "$RUN/pgrx-test/data"
+
+step "install the extension into $PG_CONFIG"
+cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null
+
+step "pg_test/ regression scenarios (pg_regress)"
+bash scripts/regress.sh
+
+step "integration tests (tests/)"
+cargo test --no-default-features --features pg15 --tests -- --test-threads=2
+
+step "all tests passed"

@@ -1,0 +1,139 @@
+//! A real PostgreSQL 15 cluster per test: initdb'd as the `postgres` OS user (scripts/cluster.sh),
+//! on loopback, on a port of its own, with `shared_preload_libraries = 'pg_entitlements'`, and
+//! stopped when the `Cluster` is dropped, also when the test panics.
+//! The extension must be installed first (`cargo pgrx install`; `make test` does it).
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub use postgres::{Client, NoTls};
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Cluster {
+    /// Start a fresh cluster and create the extension in database `app`.
+    pub fn start(name: &str) -> Cluster {
+        Self::start_with(name, &[])
+    }
+
+    pub fn start_with(name: &str, conf: &[&str]) -> Cluster {
+        let cluster = Self::init(name, conf);
+        let mut c = cluster.connect_db("postgres");
+        c.batch_execute("CREATE DATABASE app").unwrap();
+        cluster.connect().batch_execute("CREATE EXTENSION pg_entitlements").unwrap();
+        cluster
+    }
+
+    /// initdb + start only (no database, no extension).
+    pub fn init(name: &str, conf: &[&str]) -> Cluster {
+        let dir = repo().join("target/it").join(format!("{name}-{}", std::process::id()));
+        let port = free_port();
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo().join("scripts/cluster.sh")).arg("start").arg(&dir).arg(port.to_string());
+        cmd.args(conf);
+        let out = cmd.output().expect("run scripts/cluster.sh");
+        let cluster = Cluster { dir, port };
+        assert!(
+            out.status.success(),
+            "cluster {name} did not start: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            cluster.log()
+        );
+        cluster
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
+    }
+
+    pub fn connect(&self) -> Client {
+        self.connect_db("app")
+    }
+
+    pub fn connect_db(&self, db: &str) -> Client {
+        let mut last = None;
+        for _ in 0..50 {
+            match Client::connect(&self.url(db), NoTls) {
+                Ok(c) => return c,
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("connect to {}: {:?}", self.url(db), last)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    pub fn stop(&self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("scripts/cluster.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A fresh random workspace id.
+pub fn new_workspace(c: &mut Client) -> uuid_string::Ws {
+    let row = c.query_one("SELECT gen_random_uuid()::text", &[]).unwrap();
+    uuid_string::Ws(row.get(0))
+}
+
+pub mod uuid_string {
+    /// A workspace id as text, for interpolating into SQL in tests.
+    #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+    pub struct Ws(pub String);
+    impl std::fmt::Display for Ws {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "'{}'::uuid", self.0)
+        }
+    }
+}
+
+/// `(enabled, reason)` of one check.
+pub fn check(c: &mut Client, ws: &uuid_string::Ws, feature: &str) -> (bool, Option<String>) {
+    let row = c
+        .query_one(
+            &format!("SELECT enabled, reason FROM entitlements.entitlement_check({ws}, $1)"),
+            &[&feature],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+pub fn exec(c: &mut Client, sql: &str) {
+    c.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// The SQLSTATE of a failing statement.
+pub fn sqlstate(c: &mut Client, sql: &str) -> String {
+    match c.batch_execute(sql) {
+        Ok(()) => panic!("expected an error from: {sql}"),
+        Err(e) => e.code().map(|s| s.code().to_owned()).unwrap_or_else(|| format!("{e}")),
+    }
+}
