@@ -28,6 +28,6 @@ step "pg_test/ regression scenarios (pg_regress)"
 bash scripts/regress.sh
 
 step "integration tests (tests/)"
-cargo test --no-default-features --features pg15 --tests -- --test-threads=2
+cargo test --no-default-features --features pg15 --test '*' -- --test-threads=2
 
 step "all tests passed"

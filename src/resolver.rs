@@ -215,30 +215,30 @@ mod tests {
     #[test]
     fn table_of_rules() {
         use Reason::*;
-        use Status::*;
-        let pd = |since| Billing { past_due_since: Some(since), ..billing(4, PastDue) };
-        let tr = |end| Billing { trial_end: Some(end), ..billing(4, Trialing) };
+        use Status as S;
+        let pd = |since| Billing { past_due_since: Some(since), ..billing(4, S::PastDue) };
+        let tr = |end| Billing { trial_end: Some(end), ..billing(4, S::Trialing) };
         let cases: Vec<(&str, Inputs, Option<Reason>)> = vec![
-            ("override revoke beats enterprise", inputs(1, billing(4, Active), Some(Override { enabled: false, expires_at: None })), Some(FeatureDisabled)),
-            ("override grant beats canceled", inputs(4, billing(0, Canceled), Some(Override { enabled: true, expires_at: None })), None),
-            ("free feature while canceled", inputs(0, billing(2, Canceled), None), None),
-            ("free feature while paused", inputs(0, billing(2, Paused), None), None),
-            ("canceled", inputs(1, billing(4, Canceled), None), Some(SubscriptionInactive)),
-            ("unpaid", inputs(1, billing(4, Unpaid), None), Some(SubscriptionInactive)),
-            ("incomplete_expired", inputs(1, billing(4, IncompleteExpired), None), Some(SubscriptionInactive)),
-            ("paused", inputs(1, billing(4, Paused), None), Some(SubscriptionPaused)),
-            ("incomplete", inputs(1, billing(4, Incomplete), None), Some(PaymentIncomplete)),
+            ("override revoke beats enterprise", inputs(1, billing(4, S::Active), Some(Override { enabled: false, expires_at: None })), Some(FeatureDisabled)),
+            ("override grant beats canceled", inputs(4, billing(0, S::Canceled), Some(Override { enabled: true, expires_at: None })), None),
+            ("free feature while canceled", inputs(0, billing(2, S::Canceled), None), None),
+            ("free feature while paused", inputs(0, billing(2, S::Paused), None), None),
+            ("canceled", inputs(1, billing(4, S::Canceled), None), Some(SubscriptionInactive)),
+            ("unpaid", inputs(1, billing(4, S::Unpaid), None), Some(SubscriptionInactive)),
+            ("incomplete_expired", inputs(1, billing(4, S::IncompleteExpired), None), Some(SubscriptionInactive)),
+            ("paused", inputs(1, billing(4, S::Paused), None), Some(SubscriptionPaused)),
+            ("incomplete", inputs(1, billing(4, S::Incomplete), None), Some(PaymentIncomplete)),
             ("past_due within grace", inputs(1, pd(NOW - DAY), None), None),
             ("past_due beyond grace", inputs(1, pd(NOW - 8 * DAY), None), Some(PaymentPastDue)),
             ("trial running", inputs(1, tr(NOW + DAY), None), None),
             ("trial over", inputs(1, tr(NOW - DAY), None), Some(TrialExpired)),
-            ("trial without an end", inputs(1, billing(4, Trialing), None), None),
-            ("tier below", inputs(2, billing(1, Active), None), Some(TierInsufficient)),
-            ("tier equal", inputs(2, billing(2, Active), None), None),
-            ("tier above", inputs(2, billing(3, Active), None), None),
+            ("trial without an end", inputs(1, billing(4, S::Trialing), None), None),
+            ("tier below", inputs(2, billing(1, S::Active), None), Some(TierInsufficient)),
+            ("tier equal", inputs(2, billing(2, S::Active), None), None),
+            ("tier above", inputs(2, billing(3, S::Active), None), None),
             ("no subscription, free tier, paid feature", inputs(1, Billing::FREE, None), Some(TierInsufficient)),
-            ("no subscription but tier set by admin", inputs(1, billing(1, None), None), None),
-            ("past_due within grace still needs the tier", inputs(3, Billing { past_due_since: Some(NOW), ..billing(1, PastDue) }, None), Some(TierInsufficient)),
+            ("no subscription but tier set by admin", inputs(1, billing(1, S::None), None), None),
+            ("past_due within grace still needs the tier", inputs(3, Billing { past_due_since: Some(NOW), ..billing(1, S::PastDue) }, None), Some(TierInsufficient)),
         ];
         for (name, i, want) in cases {
             let d = decide(&i);
@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn status_check_comes_before_tier_check() {
-        let d = decide(&inputs(3, billing(1, Canceled), None));
+        let d = decide(&inputs(3, billing(1, Status::Canceled), None));
         assert_eq!(d.reason, Some(Reason::SubscriptionInactive));
     }
 
