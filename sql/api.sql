@@ -142,10 +142,59 @@ BEGIN
 END
 $$;
 
+-- TRUNCATE fires no row triggers: resync everything.
+CREATE TRIGGER billing_state_truncate AFTER TRUNCATE ON entitlements.billing_state
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.catalog_after();
+CREATE TRIGGER overrides_truncate AFTER TRUNCATE ON entitlements.overrides
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.catalog_after();
 CREATE TRIGGER tiers_after AFTER INSERT OR UPDATE OR DELETE ON entitlements.tiers
     FOR EACH STATEMENT EXECUTE FUNCTION entitlements.catalog_after();
 CREATE TRIGGER features_after AFTER INSERT OR UPDATE OR DELETE ON entitlements.features
     FOR EACH STATEMENT EXECUTE FUNCTION entitlements.catalog_after();
+
+-- ---------------------------------------------------------------------------------------
+-- The shared decision cache follows transactions: any statement that changes an input of the
+-- decision marks its transaction (which then bypasses the cache and invalidates it when it
+-- commits) and queues a relcache invalidation that reaches hot standbys through the WAL.
+-- ENABLE ALWAYS: the triggers fire under session_replication_role = replica too (logical
+-- replication apply).
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION entitlements.cache_invalidate_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM entitlements.note_decision_inputs_changed(TG_RELID);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER cache_invalidate BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.billing_state
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_trigger();
+CREATE TRIGGER cache_invalidate BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.overrides
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_trigger();
+CREATE TRIGGER cache_invalidate BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.features
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_trigger();
+CREATE TRIGGER cache_invalidate BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.tiers
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_trigger();
+ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER cache_invalidate;
+ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER cache_invalidate;
+ALTER TABLE entitlements.features ENABLE ALWAYS TRIGGER cache_invalidate;
+ALTER TABLE entitlements.tiers ENABLE ALWAYS TRIGGER cache_invalidate;
+
+-- Live entries of this database (superusers only: it spans every workspace).
+CREATE VIEW entitlements.entitlement_cache AS
+SELECT workspace_id, feature, enabled, reason, cached_at, expires_at
+  FROM entitlements.cache_entries();
+
+DO $$
+BEGIN
+    IF NOT entitlements.cache_enabled() THEN
+        RAISE WARNING 'pg_entitlements: the shared decision cache is off; checks are correct but uncached'
+            USING HINT = 'Add pg_entitlements to shared_preload_libraries in postgresql.conf and restart the server.';
+    END IF;
+END
+$$;
 
 -- ---------------------------------------------------------------------------------------
 -- Write paths.
@@ -345,5 +394,11 @@ REVOKE EXECUTE ON FUNCTION
     entitlements.register_workspace_trigger(),
     entitlements.billing_state_after(),
     entitlements.overrides_after(),
-    entitlements.catalog_after()
+    entitlements.catalog_after(),
+    entitlements.cache_invalidate_trigger(),
+    entitlements.note_decision_inputs_changed(oid),
+    entitlements.cache_entries(),
+    entitlements.invalidate_workspace_cache(uuid),
+    entitlements.clear_cache()
   FROM PUBLIC;
+REVOKE ALL ON entitlements.entitlement_cache FROM PUBLIC;

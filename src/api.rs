@@ -1,11 +1,12 @@
 //! The SQL API of checks: thin glue between Postgres and the resolver.
 //! Order of work for every check: authorize, read the inputs, decide, answer.
 
+use crate::cache::{self, table::{Entry, Key}};
 use crate::catalog::{self, FeatureInputs};
 use crate::resolver::{self, Decision};
 use crate::{errors, gucs, identity};
 use pgrx::prelude::*;
-use pgrx::{composite_type, Uuid};
+use pgrx::Uuid;
 
 /// One answered check, before it becomes a `check_result` row.
 pub struct Checked {
@@ -22,70 +23,169 @@ pub fn now() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-pub fn resolve(inputs: &FeatureInputs, now: i64) -> Decision {
+pub fn resolve(inputs: &FeatureInputs, now: i64, past_due_grace: i64) -> Decision {
     resolver::decide(&resolver::Inputs {
         feature_min_level: inputs.min_level,
         billing: inputs.billing,
         override_: inputs.override_,
-        past_due_grace: gucs::past_due_grace_micros(),
+        past_due_grace,
         now,
     })
 }
 
-/// Decide one (workspace, feature); raises 22023 for an unknown feature.
-pub fn check_one(workspace_id: Uuid, feature: &str) -> Checked {
-    let now = now();
-    let Some(inputs) = catalog::feature_inputs(workspace_id, feature) else {
-        errors::unknown_feature(feature)
-    };
-    let decision = resolve(&inputs, now);
+fn cache_key<'a>(workspace_id: &Uuid, feature: &'a str) -> Key<'a> {
+    Key { database: cache::database(), workspace: *workspace_id.as_bytes(), feature }
+}
+
+fn from_cache(feature: &str, e: &Entry, now: i64) -> Checked {
+    Checked {
+        feature: feature.to_owned(),
+        tier: e.tier().to_owned(),
+        decision: Decision { enabled: e.enabled, reason: e.reason, valid_until: None },
+        cached: true,
+        cache_ttl_remaining: Some(cache::ttl_seconds(e.expires_at, now)),
+        resolved_at: e.cached_at,
+    }
+}
+
+fn computed(inputs: FeatureInputs, decision: Decision, now: i64, reader: Option<&cache::Reader>, workspace_id: &Uuid) -> Checked {
+    let ttl = reader.and_then(|r| {
+        r.put(&cache_key(workspace_id, &inputs.feature), decision.enabled, decision.reason, &inputs.tier, decision.valid_until)
+    });
     Checked {
         feature: inputs.feature,
         tier: inputs.tier,
         decision,
         cached: false,
-        cache_ttl_remaining: None,
+        cache_ttl_remaining: ttl,
         resolved_at: now,
     }
 }
 
-/// Decide every catalog feature for a workspace.
+/// Decide one (workspace, feature), through the cache; `None` for a feature the catalog
+/// does not know.
+pub fn check_one(workspace_id: Uuid, feature: &str) -> Option<Checked> {
+    let now = now();
+    let grace = gucs::past_due_grace_micros();
+    let reader = cache::reader(now, grace);
+    if let Some(r) = &reader {
+        if let Some(e) = r.get(&cache_key(&workspace_id, feature)) {
+            return Some(from_cache(feature, &e, now));
+        }
+    }
+    let inputs = read_inputs(|| catalog::feature_inputs(workspace_id, feature))?;
+    let decision = resolve(&inputs, now, grace);
+    Some(computed(inputs, decision, now, reader.as_ref(), &workspace_id))
+}
+
+/// Decide every catalog feature for a workspace: from the cache when every feature is there,
+/// else from one catalog read (which refills the cache).
 pub fn check_all(workspace_id: Uuid) -> Vec<Checked> {
     let now = now();
-    catalog::all_feature_inputs(workspace_id)
+    let grace = gucs::past_due_grace_micros();
+    let reader = cache::reader(now, grace);
+    if let Some(r) = &reader {
+        if let Some(names) = catalog::feature_names_cached(r) {
+            let hits: Option<Vec<Checked>> = names
+                .iter()
+                .map(|f| r.get(&cache_key(&workspace_id, f)).map(|e| from_cache(f, &e, now)))
+                .collect();
+            if let Some(hits) = hits {
+                return hits;
+            }
+        }
+    }
+    read_inputs(|| catalog::all_feature_inputs(workspace_id))
         .into_iter()
         .map(|inputs| {
-            let decision = resolve(&inputs, now);
-            Checked {
-                feature: inputs.feature,
-                tier: inputs.tier,
-                decision,
-                cached: false,
-                cache_ttl_remaining: None,
-                resolved_at: now,
-            }
+            let decision = resolve(&inputs, now, grace);
+            computed(inputs, decision, now, reader.as_ref(), &workspace_id)
         })
         .collect()
 }
 
-fn timestamptz(t: i64) -> TimestampWithTimeZone {
-    or_internal(TimestampWithTimeZone::try_from(t))
+/// Decision inputs are read from the latest committed state, unless this transaction changed
+/// them itself (then from its own view, which includes its changes). See cache/mod.rs.
+fn read_inputs<R>(read: impl FnOnce() -> R) -> R {
+    if cache::in_changed_transaction() {
+        read()
+    } else {
+        cache::with_latest_snapshot(read)
+    }
+}
+
+/// Uncached decisions (with their `valid_until`), for the matrix and the views.
+fn decide_all_uncached(workspace_id: Uuid) -> Vec<(FeatureInputs, Decision)> {
+    let now = now();
+    let grace = gucs::past_due_grace_micros();
+    read_inputs(|| catalog::all_feature_inputs(workspace_id))
+        .into_iter()
+        .map(|inputs| {
+            let d = resolve(&inputs, now, grace);
+            (inputs, d)
+        })
+        .collect()
 }
 
 fn or_internal<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| errors::internal(e))
 }
 
-fn check_result(c: Checked) -> composite_type!('static, "check_result") {
-    let mut row = or_internal(PgHeapTuple::new_composite_type("entitlements.check_result"));
-    or_internal(row.set_by_name("feature", c.feature));
-    or_internal(row.set_by_name("enabled", c.decision.enabled));
-    or_internal(row.set_by_name("tier", c.tier));
-    or_internal(row.set_by_name("reason", c.decision.reason.map(|r| r.code())));
-    or_internal(row.set_by_name("cached", c.cached));
-    or_internal(row.set_by_name("resolved_at", timestamptz(c.resolved_at)));
-    or_internal(row.set_by_name("cache_ttl_remaining", c.cache_ttl_remaining));
-    row
+fn timestamptz(t: i64) -> TimestampWithTimeZone {
+    or_internal(TimestampWithTimeZone::try_from(t))
+}
+
+/// The `check_result` row as a composite datum, formed directly (the hot path: no per-call
+/// type lookup, one tuple formation).
+///
+/// # Safety
+/// `tupdesc` must describe `entitlements.check_result`.
+unsafe fn check_result_datum(tupdesc: pg_sys::TupleDesc, c: &Checked) -> pg_sys::Datum {
+    let text = |s: &str| s.into_datum().unwrap_or(pg_sys::Datum::from(0));
+    let reason = c.decision.reason.map(|r| r.code());
+    let mut values = [
+        text(&c.feature),
+        pg_sys::Datum::from(c.decision.enabled),
+        text(&c.tier),
+        reason.map_or(pg_sys::Datum::from(0), text),
+        pg_sys::Datum::from(c.cached),
+        pg_sys::Datum::from(c.resolved_at),
+        pg_sys::Datum::from(c.cache_ttl_remaining.unwrap_or(0)),
+    ];
+    let mut nulls = [false, false, false, reason.is_none(), false, false, c.cache_ttl_remaining.is_none()];
+    // SAFETY: values and nulls have one element per attribute of check_result, with the
+    // attribute's type; none is toasted, so the header is a valid composite datum as is.
+    unsafe {
+        let tuple = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::Datum::from((*tuple).t_data)
+    }
+}
+
+/// The result row's descriptor, from the function's declared result type.
+///
+/// # Safety
+/// `fcinfo` must be the current call's.
+unsafe fn result_tupdesc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
+    let mut tupdesc: pg_sys::TupleDesc = std::ptr::null_mut();
+    // SAFETY: as the caller promises.
+    let kind = unsafe { pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut tupdesc) };
+    if kind != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE || tupdesc.is_null() {
+        errors::internal("check_result is not a composite type");
+    }
+    tupdesc
+}
+
+/// A formed `check_result` datum, returned as is.
+pub struct CheckResultRow(pg_sys::Datum);
+
+pgrx::impl_sql_translatable!(CheckResultRow, "entitlements.check_result");
+
+// SAFETY: the datum is a complete composite value allocated in the call's memory context.
+unsafe impl pgrx::callconv::BoxRet for CheckResultRow {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut pgrx::callconv::FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+        // SAFETY: as above.
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
 }
 
 fn require<T>(value: Option<T>, name: &str) -> T {
@@ -97,21 +197,44 @@ fn require<T>(value: Option<T>, name: &str) -> T {
 fn entitlement_check(
     workspace_id: Option<Uuid>,
     feature: Option<&str>,
-) -> composite_type!('static, "check_result") {
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> CheckResultRow {
     let workspace_id = require(workspace_id, "workspace_id");
     let feature = require(feature, "feature");
     identity::authorize(workspace_id);
-    check_result(check_one(workspace_id, feature))
+    let checked = check_one(workspace_id, feature).unwrap_or_else(|| errors::unknown_feature(feature));
+    // The descriptor is built once per call site and kept in fn_extra (in fn_mcxt, which
+    // lives as long as the call site), so a cached check forms one tuple and nothing else.
+    // SAFETY: fcinfo is this call's; fn_extra is ours to use for this function.
+    unsafe {
+        let flinfo = (*fcinfo).flinfo;
+        if (*flinfo).fn_extra.is_null() {
+            let desc = result_tupdesc(fcinfo);
+            let old = pg_sys::MemoryContextSwitchTo((*flinfo).fn_mcxt);
+            (*flinfo).fn_extra = pg_sys::CreateTupleDescCopy(desc).cast();
+            pg_sys::MemoryContextSwitchTo(old);
+        }
+        CheckResultRow(check_result_datum((*flinfo).fn_extra.cast(), &checked))
+    }
 }
 
 /// Every catalog feature, one row each.
 #[pg_extern(volatile, parallel_restricted)]
 fn entitlement_check_all(
     workspace_id: Option<Uuid>,
-) -> SetOfIterator<'static, composite_type!('static, "check_result")> {
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> SetOfIterator<'static, CheckResultRow> {
     let workspace_id = require(workspace_id, "workspace_id");
     identity::authorize(workspace_id);
-    SetOfIterator::new(check_all(workspace_id).into_iter().map(check_result))
+    // SAFETY: fcinfo is this call's; the descriptor is copied into this (first) call's
+    // context, which pgrx keeps for the whole set.
+    let tupdesc = unsafe { pg_sys::CreateTupleDescCopy(result_tupdesc(fcinfo)) };
+    let rows: Vec<CheckResultRow> = check_all(workspace_id)
+        .iter()
+        // SAFETY: tupdesc is check_result's, from this function's declared result type.
+        .map(|c| CheckResultRow(unsafe { check_result_datum(tupdesc, c) }))
+        .collect();
+    SetOfIterator::new(rows)
 }
 
 /// The predicate for RLS policies: the same decision, no audit. NULL input, an unknown feature
@@ -123,12 +246,8 @@ fn has_entitlement(workspace_id: Option<Uuid>, feature: Option<&str>) -> bool {
     let (Some(workspace_id), Some(feature)) = (workspace_id, feature) else { return false };
     match identity::may_ask(workspace_id) {
         None => errors::no_identity(),
-        Some(false) => return false,
-        Some(true) => {}
-    }
-    match catalog::feature_inputs(workspace_id, feature) {
-        Some(inputs) => resolve(&inputs, now()).enabled,
-        None => false,
+        Some(false) => false,
+        Some(true) => check_one(workspace_id, feature).is_some_and(|c| c.decision.enabled),
     }
 }
 
@@ -154,14 +273,8 @@ fn decide_all(
     ),
 > {
     identity::authorize(workspace_id);
-    TableIterator::new(check_all(workspace_id).into_iter().map(|c| {
-        (
-            c.feature,
-            c.decision.enabled,
-            c.tier,
-            c.decision.reason.map(|r| r.code()),
-            c.decision.valid_until.map(timestamptz),
-        )
+    TableIterator::new(decide_all_uncached(workspace_id).into_iter().map(|(inputs, d)| {
+        (inputs.feature, d.enabled, inputs.tier, d.reason.map(|r| r.code()), d.valid_until.map(timestamptz))
     }))
 }
 

@@ -115,3 +115,31 @@ pub fn is_member(workspace_id: pgrx::Uuid, user: &str) -> bool {
         Ok(table.first().get_one::<bool>()?.unwrap_or(false))
     })
 }
+
+const FEATURE_NAMES: &str = "SELECT f.feature FROM entitlements.features f
+                               JOIN entitlements.tiers t ON t.tier = f.min_tier
+                              ORDER BY t.level, f.feature";
+
+thread_local! {
+    static NAMES_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    /// The catalog's feature names with the cache epoch they were read in.
+    static NAMES: RefCell<Option<(u64, Vec<String>)>> = const { RefCell::new(None) };
+}
+
+/// The catalog's feature names in `entitlement_check_all` order, kept per backend for as
+/// long as no invalidation has happened since they were read (a catalog edit invalidates).
+pub fn feature_names_cached(reader: &crate::cache::Reader) -> Option<Vec<String>> {
+    let fresh = NAMES.with(|n| {
+        n.borrow().as_ref().filter(|(epoch, _)| *epoch == reader.epoch()).map(|(_, v)| v.clone())
+    });
+    if fresh.is_some() {
+        return fresh;
+    }
+    let names: Vec<String> = crate::cache::with_latest_snapshot(|| {
+        with_plan(&NAMES_PLAN, || FEATURE_NAMES.to_owned(), &[], |client, plan| {
+            client.select(plan, None, &[])?.map(|row| row.get::<String>(1).map(Option::unwrap_or_default)).collect()
+        })
+    });
+    NAMES.with(|n| *n.borrow_mut() = Some((reader.epoch(), names.clone())));
+    Some(names)
+}

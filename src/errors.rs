@@ -53,3 +53,22 @@ pub fn not_a_member(workspace_id: &str) -> ! {
 pub fn internal(what: impl std::fmt::Display) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("pg_entitlements: {what}"), None)
 }
+
+/// 0A000: two-phase commit of a transaction that changed decision inputs. The cache is
+/// invalidated by the committing backend; COMMIT PREPARED runs elsewhere and could not.
+pub fn prepare_after_change() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        "pg_entitlements: cannot PREPARE a transaction that changed billing state, overrides or the catalog".into(),
+        Some("Commit it directly."),
+    )
+}
+
+/// 42501: a privileged-only function called by another role.
+pub fn superuser_only(what: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!("pg_entitlements: only superusers may call {what}"),
+        None,
+    )
+}

@@ -10,7 +10,57 @@ pub static PAST_DUE_GRACE: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 360
 /// The caller's identity for membership checks (`SET LOCAL pg_entitlements.user_id = '...'`).
 pub static USER_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Entries in the shared decision cache (0: no cache). Sizes shared memory: restart to change.
+pub static CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(65536);
+
+/// Seconds a cached decision may be served (it never outlives its own time boundary).
+pub static CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(300);
+
+/// Read and fill the cache (a superuser may turn it off for a session, e.g. to compare).
+pub static CACHE_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 pub fn init() {
+    // A postmaster-context setting can only be defined while the postmaster loads us
+    // (elsewhere PostgreSQL raises FATAL): without preload there is no cache to size.
+    // SAFETY: a plain flag of the postmaster's startup, read-only here.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        define_cache_size();
+    }
+    define_the_rest();
+}
+
+fn define_cache_size() {
+    GucRegistry::define_int_guc(
+        c"pg_entitlements.cache_size",
+        c"Entries in the shared decision cache (0 turns it off).",
+        c"Needs shared_preload_libraries = 'pg_entitlements' and a restart.",
+        &CACHE_SIZE,
+        0,
+        64 * 1024 * 1024,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
+fn define_the_rest() {
+    GucRegistry::define_int_guc(
+        c"pg_entitlements.cache_ttl",
+        c"How long a cached decision may be served.",
+        c"An entry also expires at its decision's own time boundary (trial end, grace end, override expiry).",
+        &CACHE_TTL,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_entitlements.cache_enabled",
+        c"Whether checks read and fill the shared decision cache.",
+        c"Off bypasses the cache in this session; decisions are the same either way.",
+        &CACHE_ENABLED,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"pg_entitlements.past_due_grace",
         c"How long a past_due subscription keeps access.",

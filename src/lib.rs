@@ -2,7 +2,8 @@
 //! from the workspace's tier, its billing status and admin overrides.
 //!
 //! Module map: `resolver` (the rules, pure), `catalog` (reads the tables), `identity` (who
-//! asks), `api` (the SQL functions), `gucs` (settings), `errors` (SQLSTATEs).
+//! asks), `api` (the SQL functions), `cache` (the shared decision cache), `gucs` (settings),
+//! `errors` (SQLSTATEs).
 //! The tables, policies and views are SQL, in `sql/`.
 
 use pgrx::prelude::*;
@@ -10,6 +11,7 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod api;
+mod cache;
 mod catalog;
 mod errors;
 mod gucs;
@@ -22,6 +24,10 @@ extension_sql_file!("../sql/api.sql", name = "api", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    // SAFETY: a plain flag of the postmaster's startup, read-only here.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        cache::init();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

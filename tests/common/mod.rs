@@ -56,6 +56,31 @@ impl Cluster {
         cluster
     }
 
+    /// A hot standby of this cluster: `pg_basebackup -R` (as the postgres OS user), then
+    /// started on a port of its own. Stopped on Drop like any cluster.
+    pub fn start_standby(&self, name: &str) -> Cluster {
+        let dir = repo().join("target/it").join(format!("{name}-{}", std::process::id()));
+        let port = free_port();
+        let pg_bin = format!("{}/usr/lib/postgresql/15/bin", std::env::var("PG_ROOT").unwrap_or_default());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sh = |cmd: &str| {
+            let out = Command::new("bash").arg("-c").arg(cmd).output().unwrap();
+            assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let d = dir.display();
+        sh(&format!("chown postgres: {d}"));
+        sh(&format!(
+            "sudo -u postgres {pg_bin}/pg_basebackup -h 127.0.0.1 -p {} -U postgres -D {d}/data -R -X stream -c fast",
+            self.port
+        ));
+        sh(&format!(
+            "printf \"port = {port}\\nunix_socket_directories = '{d}'\\nhot_standby = on\\n\" >> {d}/data/postgresql.conf"
+        ));
+        sh(&format!("sudo -u postgres {pg_bin}/pg_ctl -D {d}/data -l {d}/server.log -w start"));
+        Cluster { dir, port }
+    }
+
     pub fn url(&self, db: &str) -> String {
         format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
     }

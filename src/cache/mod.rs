@@ -1,0 +1,451 @@
+//! The shared-memory decision cache: one table for every backend of the cluster, sized by
+//! `pg_entitlements.cache_size` and loaded with `shared_preload_libraries`.
+//!
+//! Exactness rests on an invalidation epoch in shared memory and one ordering rule:
+//! - A change to a decision input (billing state, overrides, tiers, features) bumps the epoch
+//!   *after* its commit is visible: on the primary the writing backend does it in a commit
+//!   callback, before its client hears COMMIT; on a hot standby the writer's trigger also
+//!   queued a relcache invalidation of the changed table, which travels in the commit
+//!   record's WAL and reaches standby backends after replay; the first to process it bumps.
+//!   A standby backend that joins after such a message cannot know what it missed, so it
+//!   bumps once when it starts using the cache. Every reader processes pending invalidation
+//!   messages before a lookup.
+//! - A reader reads the epoch *before* it takes the snapshot its decision is computed from
+//!   (a fresh one, `GetLatestSnapshot`, not the statement's, which may predate a commit), and
+//!   stores the decision only if the epoch has not moved meanwhile. A decision computed from
+//!   a snapshot taken before a commit therefore either carries an epoch older than that
+//!   commit's bump (stale from then on) or is refused (race 1 of the issue).
+//! - A transaction that changed an input bypasses the cache until it ends: its own
+//!   uncommitted change must decide its checks and must not reach other sessions (race 2).
+//! So a check answers from the latest committed state (or its own transaction's changes),
+//! also inside a REPEATABLE READ transaction: entitlements are "now" decisions.
+
+pub mod functions;
+pub mod table;
+
+use crate::{errors, gucs};
+use pgrx::callbacks::{register_xact_callback, PgXactCallbackEvent};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::Cell;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use table::{Entry, Inserted, Key, Slot, Validity};
+
+const PARTITIONS: usize = 16;
+const SEGMENT: &CStr = c"pg_entitlements cache";
+const TRANCHE: &CStr = c"pg_entitlements cache";
+
+/// The shared header; `capacity` slots follow it.
+#[repr(C)]
+struct Shared {
+    epoch: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    invalidations: AtomicU64,
+    evictions: AtomicU64,
+    capacity: usize,
+    locks: *mut pg_sys::LWLockPadded,
+}
+
+// Process-local pointers into shared memory, set by the startup hook in the postmaster and
+// inherited by every backend it forks (and set again after a crash-restart reinitialises
+// shared memory). Null when the library was not preloaded: the cache is off.
+static mut SHARED: *mut Shared = std::ptr::null_mut();
+static mut SLOTS: *mut Slot = std::ptr::null_mut();
+static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
+static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
+
+thread_local! {
+    /// This transaction changed an input table: bypass the cache until it ends.
+    static DIRTY: Cell<bool> = const { Cell::new(false) };
+    /// The input tables' OIDs in this database, once looked up.
+    static WATCHED: Cell<Option<[pg_sys::Oid; 4]>> = const { Cell::new(None) };
+    /// Whether this backend has looked them up before (a second look-up follows a schema change).
+    static RESOLVED_BEFORE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn capacity_for(size: i32) -> usize {
+    (size.max(0) as usize).max(PARTITIONS * table::PROBE).next_power_of_two()
+}
+
+fn segment_size(capacity: usize) -> usize {
+    std::mem::size_of::<Shared>().next_multiple_of(std::mem::align_of::<Slot>())
+        + capacity * std::mem::size_of::<Slot>()
+}
+
+/// Bytes of shared memory per entry at a given size (header amortised): for the docs.
+pub fn bytes_per_entry(size: i32) -> f64 {
+    let c = capacity_for(size);
+    segment_size(c) as f64 / c as f64
+}
+
+/// Called from `_PG_init` while shared_preload_libraries is being processed.
+pub fn init() {
+    if gucs::CACHE_SIZE.get() <= 0 {
+        return;
+    }
+    // SAFETY: _PG_init runs once, single-threaded, in the postmaster; chaining the previous
+    // hooks keeps other extensions' shared memory working.
+    unsafe {
+        PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(shmem_request);
+        PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(shmem_startup);
+        pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0));
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
+            Some(on_namespace_change),
+            pg_sys::Datum::from(0),
+        );
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn shmem_request() {
+    // SAFETY: called by the postmaster once, in the shmem-request phase.
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_REQUEST {
+            prev();
+        }
+        pg_sys::RequestAddinShmemSpace(segment_size(capacity_for(gucs::CACHE_SIZE.get())));
+        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), PARTITIONS as i32);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn shmem_startup() {
+    // SAFETY: the postmaster (or a standalone backend) calls this with shared memory mapped;
+    // AddinShmemInitLock serialises segment creation as PostgreSQL requires.
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_STARTUP {
+            prev();
+        }
+        let capacity = capacity_for(gucs::CACHE_SIZE.get());
+        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut found = false;
+        let base = pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), segment_size(capacity), &mut found);
+        let shared = base.cast::<Shared>();
+        let slots = base
+            .cast::<u8>()
+            .add(std::mem::size_of::<Shared>().next_multiple_of(std::mem::align_of::<Slot>()))
+            .cast::<Slot>();
+        if !found {
+            // All-zero is an empty slot and a zero counter.
+            std::ptr::write_bytes(base.cast::<u8>(), 0, segment_size(capacity));
+            (*shared).capacity = capacity;
+            (*shared).locks = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
+        }
+        pg_sys::LWLockRelease(init_lock);
+        SHARED = shared;
+        SLOTS = slots;
+    }
+}
+
+fn shared() -> Option<&'static Shared> {
+    // SAFETY: SHARED is either null or points at the initialised header for the life of the
+    // process (shared memory is never unmapped while a backend runs).
+    unsafe { SHARED.as_ref() }
+}
+
+pub fn enabled() -> bool {
+    shared().is_some()
+}
+
+/// Every entry stored so far is stale.
+fn invalidate_all() {
+    if let Some(s) = shared() {
+        s.epoch.fetch_add(1, Ordering::SeqCst);
+        s.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether this transaction changed a decision input (it then reads its own changes,
+/// uncached).
+pub fn in_changed_transaction() -> bool {
+    DIRTY.with(Cell::get)
+}
+
+/// Run `f` (decision reads) under a snapshot taken now: see the module comment.
+pub fn with_latest_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: pushes a copy of a fresh snapshot; popped below. Should `f` raise an ERROR,
+    // (sub)transaction abort pops it.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+    let r = f();
+    unsafe { pg_sys::PopActiveSnapshot() };
+    r
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    // On the primary the writers' commit callbacks already invalidated; the messages matter
+    // on a standby only.
+    // SAFETY: RecoveryInProgress reads shared state; safe in any backend.
+    if !unsafe { pg_sys::RecoveryInProgress() } {
+        return;
+    }
+    let Some(watched) = WATCHED.with(Cell::get) else { return };
+    if relid == pg_sys::InvalidOid || watched.contains(&relid) {
+        invalidate_all();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_namespace_change(_arg: pg_sys::Datum, _cacheid: i32, _hash: u32) {
+    // The extension may have been dropped and created again: look the tables up again.
+    if WATCHED.with(Cell::get).is_some() {
+        WATCHED.with(|w| w.set(None));
+        RESOLVED_BEFORE.with(|r| r.set(true));
+    }
+}
+
+/// Look up the input tables, once per backend (and again after a schema change).
+fn ensure_watched() -> bool {
+    if WATCHED.with(Cell::get).is_some() {
+        return true;
+    }
+    // SAFETY: syscache lookups inside a transaction, with static NUL-terminated names.
+    let oids = unsafe {
+        let ns = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
+        if ns == pg_sys::InvalidOid {
+            return false;
+        }
+        [c"billing_state", c"overrides", c"features", c"tiers"]
+            .map(|name| pg_sys::get_relname_relid(name.as_ptr(), ns))
+    };
+    WATCHED.with(|w| w.set(Some(oids)));
+    // A standby backend cannot know which messages it missed before it joined; the tables
+    // may also belong to a new incarnation of the extension. Either way, start clean.
+    // SAFETY: as above.
+    if unsafe { pg_sys::RecoveryInProgress() } || RESOLVED_BEFORE.with(Cell::get) {
+        invalidate_all();
+    }
+    true
+}
+
+/// The writer's side: a statement is about to change an input table in this transaction.
+pub fn note_change(relid: pg_sys::Oid) {
+    // The relcache message carries the change to standby backends (it is WAL-logged with the
+    // commit and discarded on rollback).
+    // SAFETY: queues an invalidation message in the current transaction.
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+    if DIRTY.with(Cell::get) {
+        return;
+    }
+    DIRTY.with(|d| d.set(true));
+    register_xact_callback(PgXactCallbackEvent::Commit, || {
+        DIRTY.with(|d| d.set(false));
+        invalidate_all();
+    });
+    register_xact_callback(PgXactCallbackEvent::Abort, || DIRTY.with(|d| d.set(false)));
+    register_xact_callback(PgXactCallbackEvent::PrePrepare, || errors::prepare_after_change());
+}
+
+/// A reader's view of the cache for one check, or `None` when the cache must be bypassed
+/// (off, or this transaction changed inputs, or it would read under an old transaction
+/// snapshot: a REPEATABLE READ transaction that has written elsewhere, whose catalog reads
+/// SPI runs under the transaction snapshot).
+pub struct Reader {
+    shared: &'static Shared,
+    validity: Validity,
+    ttl_micros: i64,
+}
+
+pub fn reader(now: i64, grace: i64) -> Option<Reader> {
+    let shared = shared()?;
+    if !gucs::CACHE_ENABLED.get() || DIRTY.with(Cell::get) || gucs::CACHE_TTL.get() <= 0 {
+        return None;
+    }
+    // SAFETY: reads backend-local transaction state.
+    let old_snapshot = unsafe {
+        pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId
+            && pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32
+    };
+    if old_snapshot || !ensure_watched() {
+        return None;
+    }
+    // A backend inside a long transaction may not have processed pending messages yet.
+    // SAFETY: plain invalidation processing, valid inside a transaction.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    let epoch = shared.epoch.load(Ordering::SeqCst);
+    Some(Reader {
+        shared,
+        validity: Validity { epoch, grace, now },
+        ttl_micros: i64::from(gucs::CACHE_TTL.get()) * 1_000_000,
+    })
+}
+
+/// Holds one partition's LWLock; released on drop (also on unwind; an ERROR between acquire
+/// and release is released by the abort's LWLockReleaseAll).
+struct Locked {
+    lock: *mut pg_sys::LWLock,
+}
+
+impl Locked {
+    fn new(shared: &Shared, partition: usize, mode: pg_sys::LWLockMode::Type) -> Locked {
+        // SAFETY: `locks` points at PARTITIONS LWLocks of our named tranche.
+        let lock = unsafe { &raw mut (*shared.locks.add(partition)).lock };
+        unsafe { pg_sys::LWLockAcquire(lock, mode) };
+        Locked { lock }
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // SAFETY: we hold this lock (acquired in `new`).
+        unsafe { pg_sys::LWLockRelease(self.lock) };
+    }
+}
+
+fn partition_slots(shared: &Shared, partition: usize) -> *mut [Slot] {
+    let len = shared.capacity / PARTITIONS;
+    // SAFETY: SLOTS has `capacity` slots; partitions are disjoint ranges of `len`.
+    unsafe { std::ptr::slice_from_raw_parts_mut(SLOTS.add(partition * len), len) }
+}
+
+fn key_partition(key: &Key) -> usize {
+    table::partition(key.database, &key.workspace, PARTITIONS)
+}
+
+pub fn database() -> u32 {
+    // SAFETY: MyDatabaseId is set once the backend has connected.
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+impl Reader {
+    pub fn get(&self, key: &Key) -> Option<Entry> {
+        let p = key_partition(key);
+        let found = {
+            let _lock = Locked::new(self.shared, p, pg_sys::LWLockMode::LW_SHARED);
+            // SAFETY: shared lock held: no writer mutates the partition; readers only touch
+            // the atomic clock bit.
+            table::lookup(unsafe { &*partition_slots(self.shared, p) }, key, &self.validity)
+        };
+        let counter = if found.is_some() { &self.shared.hits } else { &self.shared.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Store a decision computed in this statement; returns the entry's TTL in seconds, or
+    /// `None` when it was not stored.
+    pub fn put(&self, key: &Key, enabled: bool, reason: Option<crate::resolver::Reason>, tier: &str, valid_until: Option<i64>) -> Option<i32> {
+        let now = self.validity.now;
+        let expires_at = now.saturating_add(self.ttl_micros).min(valid_until.unwrap_or(i64::MAX));
+        let entry = Entry::new(enabled, reason, tier, now, expires_at)?;
+        let p = key_partition(key);
+        let _lock = Locked::new(self.shared, p, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        // An invalidation since this reader read the epoch: the decision may be stale.
+        if self.shared.epoch.load(Ordering::SeqCst) != self.validity.epoch {
+            return None;
+        }
+        // SAFETY: exclusive lock held: no other reference into this partition exists.
+        let slots = unsafe { &mut *partition_slots(self.shared, p) };
+        match table::insert(slots, key, &entry, &self.validity) {
+            Inserted::Skipped => None,
+            Inserted::Stored => Some(ttl_seconds(expires_at, now)),
+            Inserted::Evicted => {
+                self.shared.evictions.fetch_add(1, Ordering::Relaxed);
+                Some(ttl_seconds(expires_at, now))
+            }
+        }
+    }
+}
+
+/// Whole seconds left, rounded up.
+pub fn ttl_seconds(expires_at: i64, now: i64) -> i32 {
+    let left = expires_at.saturating_sub(now).max(0);
+    i32::try_from((left + 999_999) / 1_000_000).unwrap_or(i32::MAX)
+}
+
+/// Remove the entries matching `which` in the partitions given; how many live ones went.
+fn remove(partitions: impl Iterator<Item = usize>, which: impl Fn(&Slot) -> bool) -> i64 {
+    let Some(shared) = shared() else { return 0 };
+    let v = Validity { epoch: shared.epoch.load(Ordering::SeqCst), grace: gucs::past_due_grace_micros(), now: crate::api::now() };
+    let mut removed = 0;
+    for p in partitions {
+        let _lock = Locked::new(shared, p, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        // SAFETY: exclusive lock held.
+        for s in unsafe { &mut *partition_slots(shared, p) }.iter_mut() {
+            if !s.is_empty() && which(s) {
+                removed += i64::from(s.is_live(&v));
+                s.clear();
+            }
+        }
+    }
+    shared.invalidations.fetch_add(1, Ordering::Relaxed);
+    removed
+}
+
+pub fn invalidate_workspace(workspace: [u8; 16]) -> i64 {
+    let db = database();
+    remove(std::iter::once(table::partition(db, &workspace, PARTITIONS)), |s| s.workspace_is(db, &workspace))
+}
+
+pub fn clear() -> i64 {
+    remove(0..PARTITIONS, |_| true)
+}
+
+/// A live entry, as the `entitlement_cache` view shows it.
+pub struct Listed {
+    pub workspace: [u8; 16],
+    pub feature: String,
+    pub entry: Entry,
+}
+
+/// Live entries of this database.
+pub fn list() -> Vec<Listed> {
+    let Some(shared) = shared() else { return Vec::new() };
+    let db = database();
+    let v = Validity { epoch: shared.epoch.load(Ordering::SeqCst), grace: gucs::past_due_grace_micros(), now: crate::api::now() };
+    let mut out = Vec::new();
+    for p in 0..PARTITIONS {
+        let _lock = Locked::new(shared, p, pg_sys::LWLockMode::LW_SHARED);
+        // SAFETY: shared lock held.
+        for s in unsafe { &*partition_slots(shared, p) }.iter() {
+            if s.is_live(&v) && s.database == db {
+                out.push(Listed { workspace: s.workspace, feature: s.feature().to_owned(), entry: s.entry() });
+            }
+        }
+    }
+    out
+}
+
+pub struct Statistics {
+    pub enabled: bool,
+    pub entries: i64,
+    pub capacity: i64,
+    pub hits: i64,
+    pub misses: i64,
+    pub invalidations: i64,
+    pub evictions: i64,
+}
+
+pub fn statistics() -> Statistics {
+    let Some(shared) = shared() else {
+        return Statistics { enabled: false, entries: 0, capacity: 0, hits: 0, misses: 0, invalidations: 0, evictions: 0 };
+    };
+    let v = Validity { epoch: shared.epoch.load(Ordering::SeqCst), grace: gucs::past_due_grace_micros(), now: crate::api::now() };
+    let mut entries = 0i64;
+    for p in 0..PARTITIONS {
+        let _lock = Locked::new(shared, p, pg_sys::LWLockMode::LW_SHARED);
+        // SAFETY: shared lock held.
+        entries += unsafe { &*partition_slots(shared, p) }.iter().filter(|s| s.is_live(&v)).count() as i64;
+    }
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
+    Statistics {
+        enabled: true,
+        entries,
+        capacity: shared.capacity as i64,
+        hits: load(&shared.hits),
+        misses: load(&shared.misses),
+        invalidations: load(&shared.invalidations),
+        evictions: load(&shared.evictions),
+    }
+}
+
+impl Reader {
+    pub fn epoch(&self) -> u64 {
+        self.validity.epoch
+    }
+}
