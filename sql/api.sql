@@ -154,7 +154,7 @@ CREATE TRIGGER features_after AFTER INSERT OR UPDATE OR DELETE ON entitlements.f
 
 -- ---------------------------------------------------------------------------------------
 -- The shared decision cache follows transactions: any statement that changes an input of the
--- decision marks its transaction (which then bypasses the cache and invalidates it when it
+-- decision (or who may ask: workspace_members) marks its transaction (which then bypasses the cache and invalidates it when it
 -- commits) and queues a relcache invalidation that reaches hot standbys through the WAL.
 -- ENABLE ALWAYS: the triggers fire under session_replication_role = replica too (logical
 -- replication apply).
@@ -177,10 +177,14 @@ CREATE TRIGGER cache_invalidate BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON
     FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_trigger();
 CREATE TRIGGER cache_invalidate BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.tiers
     FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_trigger();
+-- Membership decides who may ask; backends remember it per epoch.
+CREATE TRIGGER cache_invalidate BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.workspace_members
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_trigger();
 ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER cache_invalidate;
 ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER cache_invalidate;
 ALTER TABLE entitlements.features ENABLE ALWAYS TRIGGER cache_invalidate;
 ALTER TABLE entitlements.tiers ENABLE ALWAYS TRIGGER cache_invalidate;
+ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER cache_invalidate;
 
 -- Live entries of this database (superusers only: it spans every workspace).
 CREATE VIEW entitlements.entitlement_cache AS

@@ -2,8 +2,10 @@
 //! carry an identity (`pg_entitlements.user_id`, else the `sub` claim of `request.jwt.claims`,
 //! the PostgREST/Supabase convention) and be a member of the workspace.
 
-use crate::{errors, gucs};
+use crate::{cache, catalog, errors, gucs};
 use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CStr;
 
 /// Superuser or BYPASSRLS: the roles that already see every row.
@@ -48,7 +50,7 @@ pub fn authorize(workspace_id: pgrx::Uuid) {
         return;
     }
     let Some(user) = current_user_id() else { errors::no_identity() };
-    if !is_member(workspace_id, &user) {
+    if !is_member(workspace_id, user) {
         errors::not_a_member(&workspace_id.to_string());
     }
 }
@@ -59,11 +61,41 @@ pub fn may_ask(workspace_id: pgrx::Uuid) -> Option<bool> {
         return Some(true);
     }
     let user = current_user_id()?;
-    Some(is_member(workspace_id, &user))
+    Some(is_member(workspace_id, user))
 }
 
-fn is_member(workspace_id: pgrx::Uuid, user: &str) -> bool {
-    crate::catalog::is_member(workspace_id, user)
+thread_local! {
+    /// Membership answers of this backend, valid for one cache epoch (a change to
+    /// workspace_members bumps it, like any decision input).
+    static MEMBERSHIP: RefCell<(u64, HashMap<(String, [u8; 16]), bool>)> = RefCell::new((0, HashMap::new()));
+}
+
+/// Bound on the memo; past it, it starts over.
+const MEMO_MAX: usize = 10_000;
+
+fn is_member(workspace_id: pgrx::Uuid, user: String) -> bool {
+    let Some((_, epoch)) = cache::current_epoch() else {
+        return catalog::is_member(workspace_id, &user);
+    };
+    let key = (user, *workspace_id.as_bytes());
+    let known = MEMBERSHIP.with(|m| {
+        let m = m.borrow();
+        if m.0 == epoch { m.1.get(&key).copied() } else { None }
+    });
+    if let Some(known) = known {
+        return known;
+    }
+    // Read under a snapshot taken after the epoch (see cache/mod.rs), remember for the epoch.
+    let member = cache::with_latest_snapshot(|| catalog::is_member(workspace_id, &key.0));
+    MEMBERSHIP.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.0 != epoch || m.1.len() >= MEMO_MAX {
+            m.0 = epoch;
+            m.1.clear();
+        }
+        m.1.insert(key, member);
+    });
+    member
 }
 
 #[cfg(test)]

@@ -412,3 +412,32 @@ fn without_preload_the_extension_works_uncached_and_says_how_to_turn_the_cache_o
     let enabled: bool = c.query_one("SELECT enabled FROM entitlements.cache_statistics()", &[]).unwrap().get(0);
     assert!(!enabled);
 }
+
+/// Membership is remembered per backend for speed, but a removed member is refused at once.
+#[test]
+fn removing_a_member_takes_effect_at_once_despite_the_membership_memo() {
+    let pg = Cluster::start("cache-membership");
+    let mut admin = pg.connect();
+    let ws = new_workspace(&mut admin);
+    exec(
+        &mut admin,
+        &format!(
+            "CREATE ROLE app_user; SELECT entitlements.sync_billing_state({ws}, 'pro', 'active');
+             INSERT INTO entitlements.workspace_members VALUES ({ws}, 'alice')"
+        ),
+    );
+    let mut app = pg.connect();
+    exec(&mut app, "SET ROLE app_user; SET pg_entitlements.user_id = 'alice'");
+    assert!(warm(&mut app, &ws, "ccp-05"));
+    assert!(has(&mut app, &ws, "ccp-05"));
+
+    exec(&mut admin, &format!("DELETE FROM entitlements.workspace_members WHERE workspace_id = {ws}"));
+    assert_eq!(sqlstate(&mut app, &format!("SELECT * FROM entitlements.entitlement_check({ws}, 'ccp-05')")), "42501");
+    assert!(!has(&mut app, &ws, "ccp-05"), "a non-member's row is filtered");
+
+    exec(&mut admin, &format!("INSERT INTO entitlements.workspace_members VALUES ({ws}, 'alice')"));
+    assert!(check_c(&mut app, &ws, "ccp-05").0);
+    // and the memo does not confuse two identities on one connection
+    exec(&mut app, "SET pg_entitlements.user_id = 'mallory'");
+    assert_eq!(sqlstate(&mut app, &format!("SELECT * FROM entitlements.entitlement_check({ws}, 'ccp-05')")), "42501");
+}

@@ -38,7 +38,7 @@ const TRANCHE: &CStr = c"pg_entitlements cache";
 
 /// The shared header; `capacity` slots follow it.
 #[repr(C)]
-struct Shared {
+pub struct Shared {
     epoch: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -60,7 +60,7 @@ thread_local! {
     /// This transaction changed an input table: bypass the cache until it ends.
     static DIRTY: Cell<bool> = const { Cell::new(false) };
     /// The input tables' OIDs in this database, once looked up.
-    static WATCHED: Cell<Option<[pg_sys::Oid; 4]>> = const { Cell::new(None) };
+    static WATCHED: Cell<Option<[pg_sys::Oid; 5]>> = const { Cell::new(None) };
     /// Whether this backend has looked them up before (a second look-up follows a schema change).
     static RESOLVED_BEFORE: Cell<bool> = const { Cell::new(false) };
 }
@@ -211,7 +211,7 @@ fn ensure_watched() -> bool {
         if ns == pg_sys::InvalidOid {
             return false;
         }
-        [c"billing_state", c"overrides", c"features", c"tiers"]
+        [c"billing_state", c"overrides", c"features", c"tiers", c"workspace_members"]
             .map(|name| pg_sys::get_relname_relid(name.as_ptr(), ns))
     };
     WATCHED.with(|w| w.set(Some(oids)));
@@ -253,8 +253,23 @@ pub struct Reader {
 }
 
 pub fn reader(now: i64, grace: i64) -> Option<Reader> {
+    if gucs::CACHE_TTL.get() <= 0 {
+        return None;
+    }
+    let (shared, epoch) = current_epoch()?;
+    Some(Reader {
+        shared,
+        validity: Validity { epoch, grace, now },
+        ttl_micros: i64::from(gucs::CACHE_TTL.get()) * 1_000_000,
+    })
+}
+
+/// The epoch a reader may rely on now (pending invalidations processed first), or `None`
+/// when this check must bypass the cache. Per-backend memos (membership, feature names) are
+/// valid while it stays the same.
+pub fn current_epoch() -> Option<(&'static Shared, u64)> {
     let shared = shared()?;
-    if !gucs::CACHE_ENABLED.get() || DIRTY.with(Cell::get) || gucs::CACHE_TTL.get() <= 0 {
+    if !gucs::CACHE_ENABLED.get() || DIRTY.with(Cell::get) {
         return None;
     }
     // SAFETY: reads backend-local transaction state.
@@ -268,12 +283,7 @@ pub fn reader(now: i64, grace: i64) -> Option<Reader> {
     // A backend inside a long transaction may not have processed pending messages yet.
     // SAFETY: plain invalidation processing, valid inside a transaction.
     unsafe { pg_sys::AcceptInvalidationMessages() };
-    let epoch = shared.epoch.load(Ordering::SeqCst);
-    Some(Reader {
-        shared,
-        validity: Validity { epoch, grace, now },
-        ttl_micros: i64::from(gucs::CACHE_TTL.get()) * 1_000_000,
-    })
+    Some((shared, shared.epoch.load(Ordering::SeqCst)))
 }
 
 /// Holds one partition's LWLock; released on drop (also on unwind; an ERROR between acquire

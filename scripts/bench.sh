@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The benchmarks of docs/BENCHMARKS.md: a release build on a fresh cluster, each figure
+# measured side by side with its baseline in the same run. Never part of `make test` (this
+# machine is shared and noisy: figures, not assertions).
+#   scripts/bench.sh [cache|stripe|audit ...]   (default: all that exist)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+bash scripts/setup.sh
+PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
+echo "[bench] release build"
+cargo pgrx install --release --pg-config "$PG_BIN/pg_config" >/dev/null
+which=("$@")
+[ ${#which[@]} -gt 0 ] || which=(cache stripe audit)
+for b in "${which[@]}"; do
+    if [ -f "scripts/bench_$b.py" ]; then python3 "scripts/bench_$b.py"
+    elif [ -f "scripts/bench_$b.sh" ]; then bash "scripts/bench_$b.sh"
+    fi
+done
