@@ -72,7 +72,7 @@ fn timestamptz(t: i64) -> TimestampWithTimeZone {
     or_internal(TimestampWithTimeZone::try_from(t))
 }
 
-fn or_internal<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+pub(crate) fn or_internal<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| errors::internal(e))
 }
 
@@ -88,7 +88,7 @@ fn check_result(c: Checked) -> composite_type!('static, "check_result") {
     row
 }
 
-fn require<T>(value: Option<T>, name: &str) -> T {
+pub(crate) fn require<T>(value: Option<T>, name: &str) -> T {
     value.unwrap_or_else(|| errors::null_argument(name))
 }
 
