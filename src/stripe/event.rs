@@ -141,6 +141,7 @@ pub fn parse_event(payload: &str) -> Result<Event, EventError> {
             expected: "an integer",
         })?,
     };
+    let created = unix_time(created, "created")?;
     // `null` happens on events of accounts without a pinned version; tolerate it.
     let api_version = optional_str(&root, "api_version", "api_version")?;
     let object = match root.get_mut("data") {
@@ -191,7 +192,7 @@ pub fn subscription_facts(obj: &Value) -> Result<SubscriptionFacts, EventError> 
     if !SUBSCRIPTION_STATUSES.contains(&status.as_str()) {
         return Err(EventError::UnknownStatus);
     }
-    let trial_end = optional_i64(o, "trial_end", "trial_end")?;
+    let trial_end = optional_time(o, "trial_end", "trial_end")?;
     let cancel_at_period_end = match o.get("cancel_at_period_end") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -230,7 +231,7 @@ pub fn subscription_facts(obj: &Value) -> Result<SubscriptionFacts, EventError> 
                 expected: "an object",
             })?;
             // Since API 2025-03-31 ("basil") the period sits on each item.
-            if let Some(end) = optional_i64(
+            if let Some(end) = optional_time(
                 item,
                 "current_period_end",
                 "items.data[].current_period_end",
@@ -242,7 +243,7 @@ pub fn subscription_facts(obj: &Value) -> Result<SubscriptionFacts, EventError> 
     }
     // Pre-basil payloads carry it on the subscription itself.
     let current_period_end =
-        optional_i64(o, "current_period_end", "current_period_end")?.or(item_period_end);
+        optional_time(o, "current_period_end", "current_period_end")?.or(item_period_end);
 
     Ok(SubscriptionFacts {
         id,
@@ -450,6 +451,31 @@ fn optional_i64(
     }
 }
 
+/// Times become timestamptz: Unix seconds from 1970 to the end of 9999, which PostgreSQL
+/// holds and no real Stripe event leaves.
+const MAX_UNIX_TIME: i64 = 253_402_300_799;
+
+fn unix_time(t: i64, field: &'static str) -> Result<i64, EventError> {
+    if (0..=MAX_UNIX_TIME).contains(&t) {
+        Ok(t)
+    } else {
+        Err(EventError::WrongType {
+            field,
+            expected: "a Unix time between 1970 and 9999",
+        })
+    }
+}
+
+fn optional_time(
+    o: &Map<String, Value>,
+    key: &str,
+    field: &'static str,
+) -> Result<Option<i64>, EventError> {
+    optional_i64(o, key, field)?
+        .map(|t| unix_time(t, field))
+        .transpose()
+}
+
 fn optional_obj<'a>(
     o: &'a Map<String, Value>,
     key: &str,
@@ -620,8 +646,19 @@ mod tests {
                 "{c}"
             );
         }
-        let p = r#"{"id":"e","type":"t","created":-5,"data":{"object":{}}}"#;
-        assert_eq!(parse_event(p).unwrap().created, -5);
+        for c in ["-5", "253402300800", "9223372036854775807"] {
+            let p = format!(r#"{{"id":"e","type":"t","created":{c},"data":{{"object":{{}}}}}}"#);
+            assert_eq!(
+                parse_event(&p),
+                Err(EventError::WrongType {
+                    field: "created",
+                    expected: "a Unix time between 1970 and 9999"
+                }),
+                "{c}"
+            );
+        }
+        let p = r#"{"id":"e","type":"t","created":0,"data":{"object":{}}}"#;
+        assert_eq!(parse_event(p).unwrap().created, 0);
     }
 
     #[test]
@@ -848,6 +885,21 @@ mod tests {
                 expected: "an id string or an object with a string `id`"
             })
         );
+    }
+
+    #[test]
+    fn subscription_times_out_of_range_are_errors() {
+        assert_eq!(
+            subscription_facts(&sub(json!({"trial_end": -1}))),
+            Err(EventError::WrongType {
+                field: "trial_end",
+                expected: "a Unix time between 1970 and 9999"
+            })
+        );
+        let f = subscription_facts(&sub(
+            json!({"items": {"data": [{"current_period_end": i64::MAX}]}}),
+        ));
+        assert!(matches!(f, Err(EventError::WrongType { field: "items.data[].current_period_end", .. })));
     }
 
     #[test]

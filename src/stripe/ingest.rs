@@ -199,7 +199,7 @@ fn apply_subscription(
     // linked now, like checkout links it; its earlier unmapped events follow.
     if let (Some(c), None) = (customer, by_customer) {
         if store::link_customer(c, workspace, &event.id) && catch_up {
-            apply_pending(Some(c), None);
+            apply_pending(Some(c), None, &event.id);
         }
     }
     (Some(workspace), outcome)
@@ -256,7 +256,7 @@ fn apply_checkout(event: &Event, f: &CheckoutFacts, catch_up: bool) -> (Option<U
         store::link_customer(c, workspace, &event.id);
     }
     if catch_up {
-        apply_pending(customer, subscription);
+        apply_pending(customer, subscription, &event.id);
     }
     (Some(workspace), Outcome::Applied)
 }
@@ -292,8 +292,8 @@ fn apply_all(events: &[(String, String)]) -> i64 {
 }
 
 /// Applies, in order, the unmapped events a new link reaches; returns how many applied.
-fn apply_pending(customer: Option<&str>, subscription: Option<&str>) -> i64 {
-    apply_all(&store::pending(customer, subscription))
+fn apply_pending(customer: Option<&str>, subscription: Option<&str>, current: &str) -> i64 {
+    apply_all(&store::pending(customer, subscription, current))
 }
 
 /// Links a Stripe customer to a workspace and applies, in order, the events recorded
@@ -315,7 +315,7 @@ fn link_stripe_customer(workspace_id: Option<Uuid>, customer_id: Option<&str>) -
             store::link_customer(customer, workspace, "link_stripe_customer");
         }
     }
-    apply_pending(Some(customer), None)
+    apply_pending(Some(customer), None, "")
 }
 
 /// Rebuilds billing state from the recorded events (of one workspace, or all), oldest

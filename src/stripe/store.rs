@@ -154,13 +154,15 @@ static PENDING: Stmt = Stmt {
     sql: "SELECT event_id, payload::text FROM entitlements.stripe_events
            WHERE outcome = 'unmapped'
              AND (stripe_customer_id = $1 OR stripe_subscription_id = $2)
+             AND event_id <> $3
            ORDER BY created, arrival",
-    args: &[TEXT, TEXT],
+    args: &[TEXT, TEXT, TEXT],
 };
 
-/// Unmapped events of a customer or subscription, in order.
-pub fn pending(customer: Option<&str>, subscription: Option<&str>) -> Vec<(String, String)> {
-    events(&PENDING, &[customer.into(), subscription.into()])
+/// Unmapped events of a customer or subscription, in order, except `current` (the event
+/// being applied, recorded `unmapped` until it finishes).
+pub fn pending(customer: Option<&str>, subscription: Option<&str>, current: &str) -> Vec<(String, String)> {
+    events(&PENDING, &[customer.into(), subscription.into(), current.into()])
 }
 
 static REPLAY_SET: Stmt = Stmt {
