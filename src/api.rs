@@ -127,7 +127,7 @@ fn decide_all_uncached(workspace_id: Uuid) -> Vec<(FeatureInputs, Decision)> {
         .collect()
 }
 
-fn or_internal<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+pub(crate) fn or_internal<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| errors::internal(e))
 }
 
@@ -188,7 +188,7 @@ unsafe impl pgrx::callconv::BoxRet for CheckResultRow {
     }
 }
 
-fn require<T>(value: Option<T>, name: &str) -> T {
+pub(crate) fn require<T>(value: Option<T>, name: &str) -> T {
     value.unwrap_or_else(|| errors::null_argument(name))
 }
 

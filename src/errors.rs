@@ -49,6 +49,58 @@ pub fn not_a_member(workspace_id: &str) -> ! {
     )
 }
 
+/// 28000: a Stripe-Signature header that does not verify. The message is the Stripe SDKs'
+/// text, unprefixed, so a webhook layer can log it as the SDKs would; it never carries the
+/// header, the payload or a secret.
+pub fn signature_rejected(sdk_message: &'static str) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, sdk_message.into(), None)
+}
+
+/// 22P02: a verified payload that is not a JSON Stripe event (the reason names fields only).
+pub fn not_a_stripe_event(reason: impl std::fmt::Display) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+        format!("pg_entitlements: payload is not a Stripe event: {reason}"),
+        None,
+    )
+}
+
+/// 54000: a payload over pg_entitlements.max_payload_bytes, refused before any work on it.
+pub fn payload_too_large(bytes: usize, max: usize) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        format!("pg_entitlements: payload of {bytes} bytes exceeds pg_entitlements.max_payload_bytes ({max})"),
+        None,
+    )
+}
+
+/// 55000: no webhook secret is active, so nothing can be verified.
+pub fn no_webhook_secret() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "pg_entitlements: no active Stripe webhook secret".into(),
+        Some("A privileged role adds the endpoint's signing secret: SELECT entitlements.add_webhook_secret($1) with the whsec_... value as a parameter."),
+    )
+}
+
+/// 22023: an argument with a value no call can use (an empty customer id).
+pub fn invalid_argument(name: &str, why: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        format!("pg_entitlements: {name} {why}"),
+        None,
+    )
+}
+
+/// 22023: link_stripe_customer for a customer that belongs to another workspace.
+pub fn customer_linked_elsewhere(customer: &str, workspace: impl std::fmt::Display) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        format!("pg_entitlements: Stripe customer \"{customer}\" is already linked to workspace {workspace}"),
+        Some("A customer belongs to one workspace. To move it, delete its row from entitlements.stripe_customers first."),
+    )
+}
+
 /// XX000: an internal failure (an SPI error, a catalog row that breaks an invariant).
 pub fn internal(what: impl std::fmt::Display) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("pg_entitlements: {what}"), None)

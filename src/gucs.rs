@@ -19,6 +19,14 @@ pub static CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(300);
 /// Read and fill the cache (a superuser may turn it off for a session, e.g. to compare).
 pub static CACHE_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// Oldest Stripe-Signature timestamp accepted, in seconds before now (0: no age check, as in
+/// the SDKs). Reload-time only: a webhook role must not be able to widen the replay window.
+pub static STRIPE_TOLERANCE: GucSetting<i32> = GucSetting::<i32>::new(300);
+
+/// Largest webhook payload apply_stripe_event looks at, in bytes. Reload-time only, for the
+/// same reason.
+pub static MAX_PAYLOAD_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+
 pub fn init() {
     // A postmaster-context setting can only be defined while the postmaster loads us
     // (elsewhere PostgreSQL raises FATAL): without preload there is no cache to size.
@@ -79,6 +87,26 @@ fn define_the_rest() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"pg_entitlements.stripe_tolerance",
+        c"How old a Stripe-Signature timestamp may be.",
+        c"Headers signed longer ago are refused with 28000 (0 turns the check off, as in Stripe's SDKs).",
+        &STRIPE_TOLERANCE,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_entitlements.max_payload_bytes",
+        c"Largest Stripe webhook payload accepted.",
+        c"Larger payloads are refused with 54000 before verification.",
+        &MAX_PAYLOAD_BYTES,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_BYTE,
+    );
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_entitlements".as_ptr()) };
 }
@@ -86,4 +114,12 @@ fn define_the_rest() {
 /// The grace in microseconds, the resolver's unit.
 pub fn past_due_grace_micros() -> i64 {
     i64::from(PAST_DUE_GRACE.get()) * 1_000_000
+}
+
+pub fn stripe_tolerance_secs() -> i64 {
+    i64::from(STRIPE_TOLERANCE.get())
+}
+
+pub fn max_payload_bytes() -> usize {
+    usize::try_from(MAX_PAYLOAD_BYTES.get()).unwrap_or(0)
 }

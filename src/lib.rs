@@ -2,7 +2,8 @@
 //! from the workspace's tier, its billing status and admin overrides.
 //!
 //! Module map: `resolver` (the rules, pure), `catalog` (reads the tables), `identity` (who
-//! asks), `api` (the SQL functions), `cache` (the shared decision cache), `gucs` (settings),
+//! asks), `api` (the SQL functions), `cache` (the shared decision cache), `stripe` (webhook
+//! ingestion: verification and parsing pure, application through SPI), `gucs` (settings),
 //! `errors` (SQLSTATEs).
 //! The tables, policies and views are SQL, in `sql/`.
 
@@ -17,6 +18,7 @@ mod errors;
 mod gucs;
 mod identity;
 pub mod resolver;
+pub mod stripe;
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
 extension_sql_file!("../sql/api.sql", name = "api", finalize);

@@ -1,0 +1,387 @@
+//! The tables of Stripe ingestion (sql/stripe.sql), one function per question or write.
+//! Every statement is planned once per backend and runs in SPI's read-write mode, so each one
+//! takes a fresh snapshot: after waiting for a lock, a statement sees what the session that
+//! held it committed (the customer lock below depends on that). Everything is
+//! schema-qualified: the callers run with search_path pinned to pg_catalog, pg_temp.
+
+use super::decide::{Outcome, Tier};
+use crate::errors;
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::{BuiltinOid, PgOid};
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiResult, SpiTupleTable};
+use pgrx::Uuid;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+const TEXT: PgOid = PgOid::BuiltIn(BuiltinOid::TEXTOID);
+const TEXT_ARRAY: PgOid = PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID);
+const INT8: PgOid = PgOid::BuiltIn(BuiltinOid::INT8OID);
+const UUID: PgOid = PgOid::BuiltIn(BuiltinOid::UUIDOID);
+const BOOL: PgOid = PgOid::BuiltIn(BuiltinOid::BOOLOID);
+
+/// One SQL statement with its parameter types; its address keys the plan cache.
+pub struct Stmt {
+    sql: &'static str,
+    args: &'static [PgOid],
+}
+
+thread_local! {
+    static PLANS: RefCell<HashMap<usize, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// Run `stmt` (planned on first use, kept for the backend's life) and read its result.
+/// The plan is taken out of the cache while it runs, so a statement reached again from inside
+/// (a trigger) plans its own copy instead of finding the cache borrowed; an ERROR while it runs
+/// drops it, and the next call plans it again.
+fn run<R>(
+    stmt: &'static Stmt,
+    args: &[DatumWithOid<'_>],
+    read: impl FnOnce(SpiTupleTable<'_>) -> SpiResult<R>,
+) -> R {
+    let key = stmt as *const Stmt as usize;
+    let result = Spi::connect_mut(|client| {
+        let plan = match PLANS.with(|p| p.borrow_mut().remove(&key)) {
+            Some(plan) => plan,
+            None => client.prepare_mut(stmt.sql, stmt.args)?.keep(),
+        };
+        let out = client.update(&plan, None, args).and_then(read);
+        PLANS.with(|p| p.borrow_mut().insert(key, plan));
+        out
+    });
+    result.unwrap_or_else(|e| errors::internal(e))
+}
+
+fn first<T: IntoDatum + FromDatum>(table: SpiTupleTable<'_>) -> SpiResult<Option<T>> {
+    if table.is_empty() {
+        return Ok(None);
+    }
+    table.first().get_one::<T>()
+}
+
+// ---------------------------------------------------------------------------------------
+// Secrets.
+
+static ACTIVE_SECRETS: Stmt = Stmt {
+    sql: "SELECT secret FROM entitlements.webhook_secrets
+           WHERE expires_at IS NULL OR expires_at > clock_timestamp()",
+    args: &[],
+};
+
+/// The secrets a header may be signed with now.
+pub fn active_secrets() -> Vec<String> {
+    run(&ACTIVE_SECRETS, &[], |table| {
+        let mut out = Vec::with_capacity(table.len());
+        for row in table {
+            if let Some(s) = row.get::<String>(1)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The event log.
+
+/// What identifies an event in the log, beside its payload.
+pub struct EventKeys<'a> {
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub created: i64,
+    pub customer: Option<&'a str>,
+    pub subscription: Option<&'a str>,
+}
+
+static RECORD: Stmt = Stmt {
+    sql: "INSERT INTO entitlements.stripe_events
+                 (event_id, event_type, created, outcome, payload, stripe_customer_id,
+                  stripe_subscription_id)
+          VALUES ($1, $2, to_timestamp($3), $4, $5::jsonb, $6, $7)
+          ON CONFLICT (event_id) DO NOTHING
+          RETURNING true",
+    args: &[TEXT, TEXT, INT8, TEXT, TEXT, TEXT, TEXT],
+};
+
+/// Claims the event id. `false`: the id is already recorded (or was recorded by a session
+/// that committed while this one waited on the unique index): a duplicate.
+pub fn record(keys: &EventKeys<'_>, provisional: Outcome, payload: &str) -> bool {
+    let args = [
+        keys.event_id.into(),
+        keys.event_type.into(),
+        keys.created.into(),
+        provisional.as_str().into(),
+        payload.into(),
+        keys.customer.into(),
+        keys.subscription.into(),
+    ];
+    run(&RECORD, &args, first::<bool>).unwrap_or(false)
+}
+
+static RECORDED_WORKSPACE: Stmt = Stmt {
+    sql: "SELECT workspace_id FROM entitlements.stripe_events WHERE event_id = $1",
+    args: &[TEXT],
+};
+
+pub fn recorded_workspace(event_id: &str) -> Option<Uuid> {
+    run(&RECORDED_WORKSPACE, &[event_id.into()], first::<Uuid>)
+}
+
+static SET_OUTCOME: Stmt = Stmt {
+    sql: "UPDATE entitlements.stripe_events SET outcome = $2, workspace_id = $3
+           WHERE event_id = $1 AND (outcome, workspace_id) IS DISTINCT FROM ($2, $3)",
+    args: &[TEXT, TEXT, UUID],
+};
+
+pub fn set_outcome(event_id: &str, outcome: Outcome, workspace: Option<Uuid>) {
+    run(&SET_OUTCOME, &[event_id.into(), outcome.as_str().into(), workspace.into()], |_| Ok(()))
+}
+
+/// Recorded events as (event_id, payload), oldest `created` first, then arrival order.
+fn events(stmt: &'static Stmt, args: &[DatumWithOid<'_>]) -> Vec<(String, String)> {
+    run(stmt, args, |table| {
+        let mut out = Vec::with_capacity(table.len());
+        for row in table {
+            if let (Some(id), Some(payload)) = (row.get::<String>(1)?, row.get::<String>(2)?) {
+                out.push((id, payload));
+            }
+        }
+        Ok(out)
+    })
+}
+
+static PENDING: Stmt = Stmt {
+    sql: "SELECT event_id, payload::text FROM entitlements.stripe_events
+           WHERE outcome = 'unmapped'
+             AND (stripe_customer_id = $1 OR stripe_subscription_id = $2)
+             AND event_id <> $3
+           ORDER BY created, arrival",
+    args: &[TEXT, TEXT, TEXT],
+};
+
+/// Unmapped events of a customer or subscription, in order, except `current` (the event
+/// being applied, recorded `unmapped` until it finishes).
+pub fn pending(customer: Option<&str>, subscription: Option<&str>, current: &str) -> Vec<(String, String)> {
+    events(&PENDING, &[customer.into(), subscription.into(), current.into()])
+}
+
+static REPLAY_SET: Stmt = Stmt {
+    sql: "SELECT e.event_id, e.payload::text FROM entitlements.stripe_events e
+           WHERE e.outcome <> 'ignored'
+             AND ($1::uuid IS NULL
+                  OR e.workspace_id = $1
+                  OR e.stripe_customer_id IN (SELECT c.customer_id FROM entitlements.stripe_customers c
+                                               WHERE c.workspace_id = $1)
+                  OR e.stripe_subscription_id IN (SELECT s.subscription_id
+                                                    FROM entitlements.stripe_subscriptions s
+                                                   WHERE s.workspace_id = $1))
+           ORDER BY e.created, e.arrival",
+    args: &[UUID],
+};
+
+static REPLAY_START: Stmt = Stmt {
+    // Replay must not interleave with live deliveries: ingestion writes this table (ROW
+    // EXCLUSIVE), which SHARE ROW EXCLUSIVE excludes until the replay commits.
+    sql: "LOCK TABLE entitlements.stripe_subscriptions IN SHARE ROW EXCLUSIVE MODE",
+    args: &[],
+};
+
+static REPLAY_RESET: Stmt = Stmt {
+    sql: "UPDATE entitlements.stripe_subscriptions SET last_created = NULL, last_event_id = NULL
+           WHERE subscription_id IN (SELECT e.stripe_subscription_id FROM entitlements.stripe_events e
+                                      WHERE e.event_id = ANY ($1))",
+    args: &[TEXT_ARRAY],
+};
+
+/// The events a replay goes through, after forgetting the ordering state of their
+/// subscriptions (the replay re-establishes it).
+pub fn start_replay(workspace: Option<Uuid>) -> Vec<(String, String)> {
+    run(&REPLAY_START, &[], |_| Ok(()));
+    let set = events(&REPLAY_SET, &[workspace.into()]);
+    let ids: Vec<String> = set.iter().map(|(id, _)| id.clone()).collect();
+    run(&REPLAY_RESET, &[ids.into()], |_| Ok(()));
+    set
+}
+
+// ---------------------------------------------------------------------------------------
+// Links: which workspace a customer or subscription belongs to.
+
+static LOCK_CUSTOMER: Stmt = Stmt {
+    // Two-key advisory lock: the first key marks the lock as ours (0x5354 = "ST").
+    sql: "SELECT pg_catalog.pg_advisory_xact_lock(21332, pg_catalog.hashtext($1))",
+    args: &[TEXT],
+};
+
+/// Serialises everything that maps or links one customer (events, link_stripe_customer), so
+/// an event recorded `unmapped` is always seen by the link that would map it.
+pub fn lock_customer(customer: &str) {
+    run(&LOCK_CUSTOMER, &[customer.into()], |_| Ok(()))
+}
+
+static LINKS: Stmt = Stmt {
+    sql: "SELECT (SELECT c.workspace_id FROM entitlements.stripe_customers c WHERE c.customer_id = $1),
+                 (SELECT s.workspace_id FROM entitlements.stripe_subscriptions s
+                   WHERE s.subscription_id = $2)",
+    args: &[TEXT, TEXT],
+};
+
+/// (workspace of the customer, workspace of the subscription).
+pub fn links(customer: Option<&str>, subscription: Option<&str>) -> (Option<Uuid>, Option<Uuid>) {
+    run(&LINKS, &[customer.into(), subscription.into()], |table| {
+        let row = table.first();
+        Ok((row.get::<Uuid>(1)?, row.get::<Uuid>(2)?))
+    })
+}
+
+static LINK_CUSTOMER: Stmt = Stmt {
+    sql: "INSERT INTO entitlements.stripe_customers (customer_id, workspace_id, linked_by)
+          VALUES ($1, $2, $3) ON CONFLICT (customer_id) DO NOTHING RETURNING true",
+    args: &[TEXT, UUID, TEXT],
+};
+
+/// Links a customer that is not linked yet; `true` when this call linked it. The first link
+/// wins: a customer is never moved to another workspace by an event.
+pub fn link_customer(customer: &str, workspace: Uuid, linked_by: &str) -> bool {
+    run(&LINK_CUSTOMER, &[customer.into(), workspace.into(), linked_by.into()], first::<bool>)
+        .unwrap_or(false)
+}
+
+static LINK_SUBSCRIPTION: Stmt = Stmt {
+    sql: "INSERT INTO entitlements.stripe_subscriptions AS s (subscription_id, customer_id, workspace_id)
+          VALUES ($1, $2, $3)
+          ON CONFLICT (subscription_id) DO UPDATE
+             SET workspace_id = coalesce(s.workspace_id, EXCLUDED.workspace_id),
+                 customer_id = coalesce(s.customer_id, EXCLUDED.customer_id)",
+    args: &[TEXT, TEXT, UUID],
+};
+
+pub fn link_subscription(subscription: &str, customer: Option<&str>, workspace: Uuid) {
+    run(&LINK_SUBSCRIPTION, &[subscription.into(), customer.into(), workspace.into()], |_| Ok(()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Tiers.
+
+static TIER_CANDIDATES: Stmt = Stmt {
+    sql: "SELECT p.stripe_id, t.tier, t.level
+            FROM entitlements.stripe_price_tiers p JOIN entitlements.tiers t ON t.tier = p.tier
+           WHERE p.stripe_id = ANY ($1)
+          UNION ALL
+          SELECT NULL, t.tier, t.level FROM entitlements.tiers t WHERE t.tier = ANY ($2)",
+    args: &[TEXT_ARRAY, TEXT_ARRAY],
+};
+
+/// (stripe_price_tiers rows among `ids`, catalog tiers among `names`), for `decide::pick_tier`.
+pub fn tier_candidates(ids: Vec<String>, names: Vec<String>) -> (HashMap<String, Tier>, HashMap<String, Tier>) {
+    run(&TIER_CANDIDATES, &[ids.into(), names.into()], |table| {
+        let (mut mapped, mut known) = (HashMap::new(), HashMap::new());
+        for row in table {
+            let (Some(tier), Some(level)) = (row.get::<String>(2)?, row.get::<i32>(3)?) else { continue };
+            let t = Tier { tier: tier.clone(), level };
+            match row.get::<String>(1)? {
+                Some(id) => mapped.insert(id, t),
+                None => known.insert(tier, t),
+            };
+        }
+        Ok((mapped, known))
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Ordering and billing state.
+
+static ADVANCE: Stmt = Stmt {
+    // One statement: creates or locks the subscription's row and moves its clock forward
+    // unless the event is older than the last one applied. No row back = stale (the row is
+    // locked either way until commit, which orders concurrent deliveries).
+    sql: "INSERT INTO entitlements.stripe_subscriptions AS s
+                 (subscription_id, customer_id, workspace_id, last_created, last_event_id)
+          VALUES ($1, $2, $3, to_timestamp($4), $5)
+          ON CONFLICT (subscription_id) DO UPDATE
+             SET last_created = EXCLUDED.last_created, last_event_id = EXCLUDED.last_event_id,
+                 workspace_id = EXCLUDED.workspace_id,
+                 customer_id = coalesce(EXCLUDED.customer_id, s.customer_id), updated_at = now()
+           WHERE s.last_created IS NULL OR s.last_created <= EXCLUDED.last_created
+          RETURNING true",
+    args: &[TEXT, TEXT, UUID, INT8, TEXT],
+};
+
+/// `false` when the event is stale for its subscription.
+pub fn advance(subscription: &str, customer: Option<&str>, workspace: Uuid, created: i64, event_id: &str) -> bool {
+    let args = [subscription.into(), customer.into(), workspace.into(), created.into(), event_id.into()];
+    run(&ADVANCE, &args, first::<bool>).unwrap_or(false)
+}
+
+static CURRENT_SUBSCRIPTION: Stmt = Stmt {
+    sql: "SELECT b.stripe_subscription_id, b.status FROM entitlements.billing_state b
+           WHERE b.workspace_id = $1 FOR UPDATE",
+    args: &[UUID],
+};
+
+/// The subscription a workspace's billing state follows and its status (row locked).
+pub fn current_subscription(workspace: Uuid) -> Option<(String, String)> {
+    run(&CURRENT_SUBSCRIPTION, &[workspace.into()], |table| {
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let row = table.first();
+        Ok(match (row.get::<String>(1)?, row.get::<String>(2)?) {
+            (Some(id), Some(status)) => Some((id, status)),
+            (None, Some(status)) => Some((String::new(), status)),
+            _ => None,
+        })
+    })
+}
+
+/// One billing_state write. The triggers of sql/api.sql keep past_due_since, updated_at and
+/// the entitlement matrix right, exactly as for `sync_billing_state`.
+pub struct BillingWrite<'a> {
+    pub workspace: Uuid,
+    pub tier: &'a str,
+    pub status: &'a str,
+    pub trial_end: Option<i64>,
+    pub current_period_end: Option<i64>,
+    pub cancel_at_period_end: bool,
+    pub past_due_since: Option<i64>,
+    pub customer: Option<&'a str>,
+    pub subscription: &'a str,
+}
+
+static WRITE_BILLING: Stmt = Stmt {
+    // The same upsert as sync_billing_state plus the Stripe columns. past_due_since: kept
+    // while the row stays past_due, else the event's time (the BEFORE trigger clears it for
+    // any other status). The customer id is written unless another workspace's row holds it
+    // (the column is UNIQUE; the first link wins, as in stripe_customers).
+    sql: "INSERT INTO entitlements.billing_state AS b
+                 (workspace_id, tier, status, trial_end, current_period_end, cancel_at_period_end,
+                  past_due_since, stripe_customer_id, stripe_subscription_id)
+          VALUES ($1, $2, $3, to_timestamp($4), to_timestamp($5), $6, to_timestamp($7),
+                  CASE WHEN NOT EXISTS (SELECT 1 FROM entitlements.billing_state o
+                                         WHERE o.stripe_customer_id = $8 AND o.workspace_id <> $1)
+                       THEN $8 END,
+                  $9)
+          ON CONFLICT ON CONSTRAINT billing_state_pkey DO UPDATE
+             SET tier = EXCLUDED.tier, status = EXCLUDED.status, trial_end = EXCLUDED.trial_end,
+                 current_period_end = EXCLUDED.current_period_end,
+                 cancel_at_period_end = EXCLUDED.cancel_at_period_end,
+                 past_due_since = CASE WHEN b.status = 'past_due' THEN b.past_due_since
+                                       ELSE EXCLUDED.past_due_since END,
+                 stripe_customer_id = coalesce(EXCLUDED.stripe_customer_id, b.stripe_customer_id),
+                 stripe_subscription_id = EXCLUDED.stripe_subscription_id",
+    args: &[UUID, TEXT, TEXT, INT8, INT8, BOOL, INT8, TEXT, TEXT],
+};
+
+pub fn write_billing(w: &BillingWrite<'_>) {
+    let args = [
+        w.workspace.into(),
+        w.tier.into(),
+        w.status.into(),
+        w.trial_end.into(),
+        w.current_period_end.into(),
+        w.cancel_at_period_end.into(),
+        w.past_due_since.into(),
+        w.customer.into(),
+        w.subscription.into(),
+    ];
+    run(&WRITE_BILLING, &args, |_| Ok(()))
+}
