@@ -40,7 +40,7 @@ if ! grep -qs "^pg15 *= *\"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
 fi
 
 # Stripe's official SDK, the independent cross-check of signature verification.
-if ! python3 -c 'import stripe, psycopg' 2>/dev/null; then
+if ! python3 -c 'import stripe, psycopg; assert stripe.VERSION == "16.1.0"' 2>/dev/null; then
     say "installing Python packages: stripe, psycopg"
     python3 -m pip install --quiet --disable-pip-version-check 'stripe==16.1.0' 'psycopg[binary]>=3.1,<4'
 fi

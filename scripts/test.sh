@@ -31,12 +31,7 @@ step "integration tests (tests/)"
 cargo test --no-default-features --features pg15 --test '*' -- --test-threads=2
 
 step "Stripe SDK cross-check (tests/stripe_sdk_crosscheck.py)"
-# The cross-check needs stripe 16.1.0's test-header generator; older global installs lack it,
-# so a private copy goes under .run/py (the global site-packages is left alone).
-if [ "$(python3 -c 'import stripe; print(stripe.VERSION)' 2>/dev/null)" != "16.1.0" ]; then
-    [ -f "$RUN/py/stripe/__init__.py" ] || python3 -m pip install --quiet --disable-pip-version-check --target "$RUN/py" 'stripe==16.1.0'
-    export PYTHONPATH="$RUN/py${PYTHONPATH:+:$PYTHONPATH}"
-fi
+# stripe==16.1.0 (its test-header generator) is installed by setup.sh.
 python3 tests/stripe_sdk_crosscheck.py
 
 step "all tests passed"

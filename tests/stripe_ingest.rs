@@ -346,19 +346,37 @@ fn unmapped_events_apply_automatically_once_linked() {
 }
 
 #[test]
-fn items_that_map_to_no_tier_are_unmapped_and_change_nothing() {
+fn items_that_map_to_no_tier_grant_nothing_but_still_end_access() {
     let (_pg, mut c) = stripe_cluster("stripe-no-tier");
     let ws = new_workspace(&mut c);
     assert_eq!(applied(deliver(&mut c, &sub_event(&sub("evt_n1", now() - 10, "sub_n", "active", &ws)))), "applied");
     let before = billing_snapshot(&mut c);
-    let e = sub_event(&Sub { price: "price_unknown", ..sub("evt_n2", now(), "sub_n", "canceled", &ws) });
-    assert_eq!(deliver(&mut c, &e), ("unmapped".to_string(), Some(ws.0.clone())));
-    assert_eq!(billing_snapshot(&mut c), before, "never silently free (or canceled)");
 
-    // Once the price is mapped, a replay applies it.
+    // A new subscription whose price maps to no tier: unmapped, never silently a tier.
+    let e = sub_event(&Sub { price: "price_unknown", ..sub("evt_n2", now() - 5, "sub_other", "active", &ws) });
+    assert_eq!(deliver(&mut c, &e), ("unmapped".to_string(), Some(ws.0.clone())));
+    assert_eq!(billing_snapshot(&mut c), before, "nothing changed");
+    // Another subscription's cancellation, unmapped: not the one the workspace follows.
+    let e = sub_event(&Sub { price: "price_unknown", ..sub("evt_n3", now() - 4, "sub_other", "canceled", &ws) });
+    assert_eq!(deliver(&mut c, &e).0, "unmapped");
+    assert_eq!(billing_snapshot(&mut c), before);
+    assert_eq!(check(&mut c, &ws, "ccp-05"), (true, None));
+
+    // The followed subscription is cancelled, with a price nobody mapped: access still ends,
+    // the tier stays what it was.
+    let e = sub_event(&Sub { price: "price_unknown", ..sub("evt_n4", now(), "sub_n", "canceled", &ws) });
+    assert_eq!(deliver(&mut c, &e), ("applied".to_string(), Some(ws.0.clone())));
+    let (tier, status): (String, String) = {
+        let r = c.query_one(&format!("SELECT tier, status FROM entitlements.billing_state WHERE workspace_id = {ws}"), &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((tier.as_str(), status.as_str()), ("pro", "canceled"));
+    assert_eq!(check(&mut c, &ws, "ccp-05"), (false, Some("SUBSCRIPTION_INACTIVE".into())), "a cancelled customer never keeps access");
+
+    // Once the price is mapped, a replay applies the other subscription's events too.
     exec(&mut c, "INSERT INTO entitlements.stripe_price_tiers VALUES ('price_unknown', 'pro')");
     let n: i64 = c.query_one(&format!("SELECT entitlements.replay_stripe_events({ws})"), &[]).unwrap().get(0);
-    assert_eq!(n, 2);
+    assert_eq!(n, 4);
     let status: String = c.query_one(&format!("SELECT status FROM entitlements.billing_state WHERE workspace_id = {ws}"), &[]).unwrap().get(0);
     assert_eq!(status, "canceled");
 }

@@ -130,6 +130,18 @@ pub fn takes_over(current: Option<(&str, &str)>, subscription_id: &str, status: 
     }
 }
 
+/// A subscription event whose items map to no tier changes nothing (`unmapped`: never a
+/// tier by default), with one exception: an event of the very subscription the workspace
+/// follows, with a status that gives no access, still ends that access. The workspace keeps
+/// the tier it has and takes the status, so a cancelled customer never keeps access because
+/// a price was never mapped. Returns the tier to write, if any.
+pub fn tier_without_mapping<'a>(current: Option<(&str, &'a str)>, subscription_id: &str, status: &str) -> Option<&'a str> {
+    match current {
+        Some((current_id, tier)) if current_id == subscription_id && !holds_access(status) => Some(tier),
+        _ => None,
+    }
+}
+
 /// When a past_due period began: the event's `created` (a late delivery must not extend the
 /// grace), but never in the future of the database clock.
 pub fn past_due_since(created: i64, now: i64) -> i64 {
@@ -256,6 +268,15 @@ mod tests {
         assert!(!takes_over(Some(("sub_a", "active")), "sub_b", "canceled"), "late end of an old subscription");
         assert!(!takes_over(Some(("sub_a", "trialing")), "sub_b", "incomplete"));
         assert!(!takes_over(Some(("sub_a", "past_due")), "sub_b", "incomplete_expired"));
+    }
+
+    #[test]
+    fn unmapped_items_still_end_access_of_the_followed_subscription_only() {
+        assert_eq!(tier_without_mapping(Some(("sub_1", "pro")), "sub_1", "canceled"), Some("pro"));
+        assert_eq!(tier_without_mapping(Some(("sub_1", "pro")), "sub_1", "unpaid"), Some("pro"));
+        assert_eq!(tier_without_mapping(Some(("sub_1", "pro")), "sub_1", "active"), None, "no tier is granted");
+        assert_eq!(tier_without_mapping(Some(("sub_1", "pro")), "sub_2", "canceled"), None, "not the followed one");
+        assert_eq!(tier_without_mapping(None, "sub_1", "canceled"), None);
     }
 
     #[test]

@@ -206,18 +206,28 @@ fn apply_subscription(
 }
 
 fn apply_to_workspace(event: &Event, f: &SubscriptionFacts, deleted: bool, workspace: Uuid) -> Outcome {
-    let Some(tier) = subscription_tier(f) else { return Outcome::Unmapped };
+    let status = decide::billing_status(deleted, &f.status);
+    let tier = match subscription_tier(f) {
+        Some(t) => t.tier,
+        None => {
+            let peek = store::peek_subscription(workspace);
+            let followed = peek.as_ref().map(|c| (c.subscription.as_str(), c.tier.as_str()));
+            match decide::tier_without_mapping(followed, &f.id, status) {
+                Some(t) => t.to_owned(),
+                None => return Outcome::Unmapped,
+            }
+        }
+    };
     if !store::advance(&f.id, f.customer.as_deref(), workspace, event.created, &event.id) {
         return Outcome::Stale;
     }
-    let status = decide::billing_status(deleted, &f.status);
     let current = store::current_subscription(workspace);
-    if !decide::takes_over(current.as_ref().map(|(id, st)| (id.as_str(), st.as_str())), &f.id, status) {
+    if !decide::takes_over(current.as_ref().map(|c| (c.subscription.as_str(), c.status.as_str())), &f.id, status) {
         return Outcome::Stale;
     }
     store::write_billing(&store::BillingWrite {
         workspace,
-        tier: &tier.tier,
+        tier: &tier,
         status,
         trial_end: f.trial_end,
         current_period_end: f.current_period_end,

@@ -313,21 +313,44 @@ pub fn advance(subscription: &str, customer: Option<&str>, workspace: Uuid, crea
 }
 
 static CURRENT_SUBSCRIPTION: Stmt = Stmt {
-    sql: "SELECT b.stripe_subscription_id, b.status FROM entitlements.billing_state b
+    sql: "SELECT b.stripe_subscription_id, b.status, b.tier FROM entitlements.billing_state b
            WHERE b.workspace_id = $1 FOR UPDATE",
     args: &[UUID],
 };
 
-/// The subscription a workspace's billing state follows and its status (row locked).
-pub fn current_subscription(workspace: Uuid) -> Option<(String, String)> {
-    run(&CURRENT_SUBSCRIPTION, &[workspace.into()], |table| {
+static PEEK_SUBSCRIPTION: Stmt = Stmt {
+    sql: "SELECT b.stripe_subscription_id, b.status, b.tier FROM entitlements.billing_state b
+           WHERE b.workspace_id = $1",
+    args: &[UUID],
+};
+
+/// What a workspace's billing state follows now.
+pub struct Current {
+    /// The Stripe subscription id; empty when the state was set by hand.
+    pub subscription: String,
+    pub status: String,
+    pub tier: String,
+}
+
+/// The subscription a workspace's billing state follows, its status and tier (row locked:
+/// call after `advance`, which locks the subscription first; replay takes them in that order).
+pub fn current_subscription(workspace: Uuid) -> Option<Current> {
+    read_current(&CURRENT_SUBSCRIPTION, workspace)
+}
+
+/// The same, without a lock, for decisions taken before `advance`.
+pub fn peek_subscription(workspace: Uuid) -> Option<Current> {
+    read_current(&PEEK_SUBSCRIPTION, workspace)
+}
+
+fn read_current(stmt: &'static Stmt, workspace: Uuid) -> Option<Current> {
+    run(stmt, &[workspace.into()], |table| {
         if table.is_empty() {
             return Ok(None);
         }
         let row = table.first();
-        Ok(match (row.get::<String>(1)?, row.get::<String>(2)?) {
-            (Some(id), Some(status)) => Some((id, status)),
-            (None, Some(status)) => Some((String::new(), status)),
+        Ok(match (row.get::<String>(1)?, row.get::<String>(2)?, row.get::<String>(3)?) {
+            (id, Some(status), Some(tier)) => Some(Current { subscription: id.unwrap_or_default(), status, tier }),
             _ => None,
         })
     })
