@@ -3,7 +3,7 @@
 
 use crate::catalog::{self, FeatureInputs};
 use crate::resolver::{self, Decision};
-use crate::{errors, gucs, identity};
+use crate::{audit, errors, gucs, identity};
 use pgrx::prelude::*;
 use pgrx::{composite_type, Uuid};
 
@@ -101,7 +101,9 @@ fn entitlement_check(
     let workspace_id = require(workspace_id, "workspace_id");
     let feature = require(feature, "feature");
     identity::authorize(workspace_id);
-    check_result(check_one(workspace_id, feature))
+    let checked = check_one(workspace_id, feature);
+    audit::record(workspace_id, &checked);
+    check_result(checked)
 }
 
 /// Every catalog feature, one row each.
@@ -111,7 +113,10 @@ fn entitlement_check_all(
 ) -> SetOfIterator<'static, composite_type!('static, "check_result")> {
     let workspace_id = require(workspace_id, "workspace_id");
     identity::authorize(workspace_id);
-    SetOfIterator::new(check_all(workspace_id).into_iter().map(check_result))
+    SetOfIterator::new(check_all(workspace_id).into_iter().map(move |checked| {
+        audit::record(workspace_id, &checked);
+        check_result(checked)
+    }))
 }
 
 /// The predicate for RLS policies: the same decision, no audit. NULL input, an unknown feature

@@ -2,7 +2,8 @@
 //! from the workspace's tier, its billing status and admin overrides.
 //!
 //! Module map: `resolver` (the rules, pure), `catalog` (reads the tables), `identity` (who
-//! asks), `api` (the SQL functions), `gucs` (settings), `errors` (SQLSTATEs).
+//! asks), `api` (the SQL functions), `audit` (the trail of checks), `gucs` (settings),
+//! `errors` (SQLSTATEs).
 //! The tables, policies and views are SQL, in `sql/`.
 
 use pgrx::prelude::*;
@@ -10,6 +11,7 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod api;
+mod audit;
 mod catalog;
 mod errors;
 mod gucs;
@@ -17,11 +19,17 @@ mod identity;
 pub mod resolver;
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
+extension_sql_file!(
+    "../sql/audit.sql",
+    name = "audit",
+    requires = [audit::entitlement_checks_append_only, api::current_user_id]
+);
 extension_sql_file!("../sql/api.sql", name = "api", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    audit::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]
