@@ -73,6 +73,29 @@ fn define_audit_gucs() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"pg_entitlements.user_agent",
+        c"The client the application acts for, recorded with each audited check.",
+        c"Defaults to application_name.",
+        &USER_AGENT,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_entitlements.client_ip",
+        c"The end user's IP address, recorded with each audited check.",
+        c"Defaults to the connection's address; an invalid value is recorded as NULL.",
+        &CLIENT_IP,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    // Server-start settings can only be defined while the library is preloaded (Postgres
+    // refuses them later, e.g. when CREATE EXTENSION loads it); without preload there is no
+    // queue and no writer for them to size or direct.
+    // SAFETY: a plain global flag, read in _PG_init on the main thread.
+    if !unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
     GucRegistry::define_int_guc(
         c"pg_entitlements.audit_queue_size",
         c"Audit records held in shared memory before the writer stores them.",
@@ -89,22 +112,6 @@ fn define_audit_gucs() {
         c"Checks in other databases are counted as dropped.",
         &AUDIT_DATABASE,
         GucContext::Postmaster,
-        GucFlags::default(),
-    );
-    GucRegistry::define_string_guc(
-        c"pg_entitlements.user_agent",
-        c"The client the application acts for, recorded with each audited check.",
-        c"Defaults to application_name.",
-        &USER_AGENT,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
-    GucRegistry::define_string_guc(
-        c"pg_entitlements.client_ip",
-        c"The end user's IP address, recorded with each audited check.",
-        c"Defaults to the connection's address; an invalid value is recorded as NULL.",
-        &CLIENT_IP,
-        GucContext::Userset,
         GucFlags::default(),
     );
 }
