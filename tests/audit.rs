@@ -32,6 +32,12 @@ fn stats(c: &mut Client) -> (i64, i64, i64, i64, bool) {
     (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
 }
 
+/// The workspace's rows once everything queued so far is written.
+fn flushed_rows(c: &mut Client, ws: &uuid_string::Ws) -> i64 {
+    flush(c);
+    rows_for(c, ws)
+}
+
 fn rows_for(c: &mut Client, ws: &uuid_string::Ws) -> i64 {
     count(c, &format!("SELECT count(*) FROM entitlements.entitlement_checks WHERE workspace_id = {ws}"))
 }
@@ -46,8 +52,7 @@ fn checks_of_a_rolled_back_transaction_are_recorded() {
     let all = count(&mut c, &format!("SELECT count(*) FROM entitlements.entitlement_check_all({ws})"));
     assert_eq!(all, 14);
     exec(&mut c, "ROLLBACK");
-    flush(&mut c);
-    assert_eq!(rows_for(&mut c, &ws), 15);
+    assert_eq!(flushed_rows(&mut c, &ws), 15);
     let denied = count(&mut c, &format!(
         "SELECT count(*) FROM entitlements.entitlement_checks
           WHERE workspace_id = {ws} AND feature = 'ccp-05' AND NOT result AND reason_code = 'TIER_INSUFFICIENT'"));
@@ -65,8 +70,7 @@ fn checks_in_a_read_only_transaction_are_recorded() {
     exec(&mut c, "SET default_transaction_read_only = on");
     assert_eq!(check(&mut c, &ws, "ccp-02"), (true, None));
     exec(&mut c, "RESET default_transaction_read_only");
-    flush(&mut c);
-    assert_eq!(rows_for(&mut c, &ws), 2);
+    assert_eq!(flushed_rows(&mut c, &ws), 2);
 }
 
 #[test]
@@ -180,8 +184,7 @@ fn records_still_arrive_after_the_writer_or_a_backend_is_killed() {
     let mut c = reconnect_with_writer(&pg);
     let ws = new_workspace(&mut c);
     check(&mut c, &ws, "ccp-01");
-    flush(&mut c);
-    assert_eq!(rows_for(&mut c, &ws), 1);
+    assert_eq!(flushed_rows(&mut c, &ws), 1);
 
     // SIGKILL the writer: the postmaster restarts every process (shared memory is reset).
     let pid = writer_pid(&mut c).unwrap();
@@ -190,8 +193,7 @@ fn records_still_arrive_after_the_writer_or_a_backend_is_killed() {
     let mut c = reconnect_with_writer(&pg);
     assert_ne!(writer_pid(&mut c), Some(pid));
     check(&mut c, &ws, "ccp-02");
-    flush(&mut c);
-    assert_eq!(rows_for(&mut c, &ws), 2);
+    assert_eq!(flushed_rows(&mut c, &ws), 2);
 
     // SIGKILL an ordinary backend: the same crash restart, and the writer comes back.
     let mut victim = pg.connect();
@@ -200,8 +202,7 @@ fn records_still_arrive_after_the_writer_or_a_backend_is_killed() {
     drop(c);
     let mut c = reconnect_with_writer(&pg);
     check(&mut c, &ws, "ccp-03");
-    flush(&mut c);
-    assert_eq!(rows_for(&mut c, &ws), 3);
+    assert_eq!(flushed_rows(&mut c, &ws), 3);
 }
 
 #[test]
@@ -437,4 +438,87 @@ fn property_one_row_per_check_with_the_returned_values() {
         .unwrap();
     let (queued, written, dropped, pending, running) = stats(&mut cell.borrow_mut());
     assert_eq!((written, dropped, pending, running), (queued, 0, 0, true));
+}
+
+/// A streaming replica of `primary`, started from a base backup, stopped on drop.
+struct Standby {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Standby {
+    fn pg_bin() -> String {
+        format!("{}/usr/lib/postgresql/15/bin", std::env::var("PG_ROOT").unwrap_or_default())
+    }
+
+    fn start(primary: &Cluster) -> Standby {
+        let dir = primary.dir.with_extension("standby");
+        let port = free_port();
+        let as_pg = |args: &[&str]| {
+            let out = Command::new("sudo").arg("-u").arg("postgres").arg("--").args(args).output().unwrap();
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Command::new("chown").arg("postgres:").arg(&dir).status().unwrap();
+        let data = dir.join("data");
+        let bin = Self::pg_bin();
+        as_pg(&[
+            &format!("{bin}/pg_basebackup"), "-D", data.to_str().unwrap(), "-R", "-X", "stream", "-c", "fast",
+            "-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres",
+        ]);
+        let conf = format!("port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n", dir.display());
+        let mut f = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
+        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+        let log = dir.join("server.log");
+        as_pg(&[&format!("{bin}/pg_ctl"), "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "start"]);
+        Standby { dir, port }
+    }
+
+    fn connect(&self) -> Client {
+        let url = format!("host=127.0.0.1 port={} user=postgres dbname=app", self.port);
+        for _ in 0..50 {
+            if let Ok(c) = Client::connect(&url, NoTls) {
+                return c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("connect to the standby on {}", self.port)
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = Command::new("sudo")
+            .args(["-u", "postgres", "--", &format!("{}/pg_ctl", Self::pg_bin()), "-D"])
+            .arg(&data)
+            .args(["-m", "fast", "-w", "stop"])
+            .output();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[test]
+fn on_a_hot_standby_checks_work_and_records_are_counted_as_dropped() {
+    let pg = audited("audit-standby");
+    let mut primary = pg.connect();
+    let ws = new_workspace(&mut primary);
+    exec(&mut primary, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'active')"));
+    let standby = Standby::start(&pg);
+    let mut s = standby.connect();
+    // Wait until the standby has replayed the billing row.
+    for _ in 0..100 {
+        if count(&mut s, &format!("SELECT count(*) FROM entitlements.billing_state WHERE workspace_id = {ws}")) == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(check(&mut s, &ws, "ccp-05"), (true, None));
+    assert_eq!(check(&mut s, &ws, "ccp-13").0, false);
+    assert_eq!(flush(&mut s), 0, "nothing is queued on a standby");
+    assert_eq!(stats(&mut s), (0, 0, 2, 0, false), "counted as dropped; no writer during recovery");
+    assert_eq!(flushed_rows(&mut primary, &ws), 0);
 }
