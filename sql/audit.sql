@@ -5,7 +5,7 @@
 -- their own workspaces' rows only.
 
 CREATE TABLE entitlements.entitlement_checks (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id bigint GENERATED ALWAYS AS IDENTITY,
     checked_at timestamptz NOT NULL,
     workspace_id uuid NOT NULL,
     user_id text,
