@@ -522,3 +522,25 @@ fn on_a_hot_standby_checks_work_and_records_are_counted_as_dropped() {
     assert_eq!(stats(&mut s), (0, 0, 2, 0, false), "counted as dropped; no writer during recovery");
     assert_eq!(flushed_rows(&mut primary, &ws), 0);
 }
+
+/// A batch whose INSERT keeps failing is retried, then dropped and counted; the audit goes on.
+#[test]
+fn a_batch_that_always_fails_is_given_up_after_retries() {
+    let pg = audited("audit-poison");
+    let mut c = reconnect_with_writer(&pg);
+    let ws = new_workspace(&mut c);
+    exec(&mut c, "CREATE FUNCTION public.poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                  BEGIN IF NEW.user_id = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$;
+                  CREATE TRIGGER poison BEFORE INSERT ON entitlements.entitlement_checks
+                  FOR EACH ROW EXECUTE FUNCTION public.poison();");
+    exec(&mut c, "SET pg_entitlements.user_id = 'poison'");
+    assert_eq!(check(&mut c, &ws, "ccp-01"), (true, None));
+    exec(&mut c, "RESET pg_entitlements.user_id");
+    flush(&mut c);
+    let (_, written, dropped, pending, _) = stats(&mut c);
+    assert_eq!((written, dropped, pending), (0, 1, 0));
+    let mut c = reconnect_with_writer(&pg);
+    check(&mut c, &ws, "ccp-02");
+    assert_eq!(flushed_rows(&mut c, &ws), 1);
+    assert!(pg.log().contains("whose INSERT failed 3 times"));
+}

@@ -32,6 +32,10 @@ struct Header {
     dropped: AtomicU64,
     /// When the writer last committed a batch (timestamptz microseconds; 0: never).
     last_flush_at: AtomicI64,
+    /// The head whose batch the writer is attempting, and how many times it started on it:
+    /// survives the writer's exit on an ERROR, so a batch that always fails can be given up.
+    attempt_head: AtomicU64,
+    attempts: AtomicU32,
 }
 
 /// This process's view of the segment; null without `shared_preload_libraries`.
@@ -106,6 +110,8 @@ unsafe extern "C-unwind" fn shmem_startup() {
                 written: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 last_flush_at: AtomicI64::new(0),
+                attempt_head: AtomicU64::new(0),
+                attempts: AtomicU32::new(0),
             });
         }
         QUEUE.store(header, Ordering::Release);
@@ -237,6 +243,19 @@ pub fn peek(max: usize, out: &mut Vec<Record>) {
     }
 }
 
+/// Writer side: about to write the batch at the head; returns how many times this batch
+/// has been attempted, this time included.
+pub fn note_attempt() -> u32 {
+    let Some(h) = header() else { return 0 };
+    let head = h.head.load(Ordering::Relaxed);
+    if h.attempt_head.swap(head, Ordering::Relaxed) == head {
+        h.attempts.fetch_add(1, Ordering::Relaxed) + 1
+    } else {
+        h.attempts.store(1, Ordering::Relaxed);
+        1
+    }
+}
+
 /// Writer side: the first `n` records are done (`written` rows committed, the rest dropped).
 pub fn consume(n: usize, written: u64, now: i64) {
     let Some(h) = header() else { return };
@@ -245,6 +264,7 @@ pub fn consume(n: usize, written: u64, now: i64) {
     if written > 0 {
         h.last_flush_at.store(now, Ordering::Relaxed);
     }
+    h.attempts.store(0, Ordering::Relaxed);
     h.head.fetch_add(n as u64, Ordering::AcqRel);
 }
 

@@ -17,6 +17,9 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(200);
 /// Rows per INSERT (and per transaction).
 const BATCH: usize = 1000;
+/// A batch whose INSERT failed this many times (each failure ends the worker, which
+/// restarts) is dropped and counted, so one bad record cannot stop the audit for good.
+const MAX_ATTEMPTS: u32 = 3;
 
 const INSERT: &str = "
 INSERT INTO entitlements.entitlement_checks
@@ -82,14 +85,24 @@ fn drain(batch: &mut Vec<Record>) {
         // SAFETY: set when the connection was initialised, constant afterwards.
         let ours = unsafe { pg_sys::MyDatabaseId }.to_u32();
         let rows: Vec<Record> = batch.iter().filter(|r| r.database_oid == ours).copied().collect();
-        let written = if rows.is_empty() { 0 } else { BackgroundWorker::transaction(|| write(&rows)) };
+        let written = if rows.is_empty() {
+            0
+        } else if queue::note_attempt() > MAX_ATTEMPTS {
+            warning!(
+                "pg_entitlements: dropping {} audit records whose INSERT failed {MAX_ATTEMPTS} times",
+                batch.len()
+            );
+            0
+        } else {
+            BackgroundWorker::transaction(|| write(&rows))
+        };
         queue::consume(batch.len(), written, crate::api::now());
     }
 }
 
 /// One INSERT for the batch; 0 when the extension is not installed in this database (the
 /// records are then counted as dropped). Any other failure is an ERROR: the worker exits,
-/// the batch stays queued and the restarted worker retries it.
+/// the batch stays queued and the restarted worker retries it (MAX_ATTEMPTS times).
 fn write(rows: &[Record]) -> u64 {
     let installed = Spi::get_one::<bool>(
         "SELECT to_regclass('entitlements.entitlement_checks') IS NOT NULL",
