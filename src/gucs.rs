@@ -24,7 +24,7 @@ pub enum AuditMode {
 /// Superuser-only: a session must not be able to switch off the record of its own checks.
 pub static AUDIT: GucSetting<AuditMode> = GucSetting::<AuditMode>::new(AuditMode::All);
 
-/// Records the audit queue holds (about 0.5 kB each), fixed at server start.
+/// Records the audit queue holds (424 bytes each), fixed at server start.
 pub static AUDIT_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(8192);
 
 /// The database whose `entitlements.entitlement_checks` the audit writer fills: one

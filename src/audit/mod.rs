@@ -81,6 +81,7 @@ fn user_agent() -> Option<String> {
     if app.is_null() {
         return None;
     }
+    // SAFETY: non-null and NUL-terminated, as above.
     let app = unsafe { CStr::from_ptr(app) }.to_string_lossy();
     (!app.is_empty()).then(|| app.into_owned())
 }

@@ -97,6 +97,10 @@ pub fn valid_inet(s: &str) -> Option<&str> {
     (s.len() <= IP_MAX).then_some(s)
 }
 
+/// The queue's memory per record; docs/AUDIT.md quotes it.
+pub const RECORD_SIZE: usize = 424;
+const _: () = assert!(std::mem::size_of::<Record>() == RECORD_SIZE);
+
 #[cfg(test)]
 mod tests {
     use super::*;
