@@ -4,7 +4,7 @@
 use crate::cache::{self, table::{Entry, Key}};
 use crate::catalog::{self, FeatureInputs};
 use crate::resolver::{self, Decision};
-use crate::{errors, gucs, identity};
+use crate::{audit, errors, gucs, identity};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
@@ -203,6 +203,7 @@ fn entitlement_check(
     let feature = require(feature, "feature");
     identity::authorize(workspace_id);
     let checked = check_one(workspace_id, feature).unwrap_or_else(|| errors::unknown_feature(feature));
+    audit::record(workspace_id, &checked);
     // The descriptor is built once per call site and kept in fn_extra (in fn_mcxt, which
     // lives as long as the call site), so a cached check forms one tuple and nothing else.
     // SAFETY: fcinfo is this call's; fn_extra is ours to use for this function.
@@ -229,12 +230,12 @@ fn entitlement_check_all(
     // SAFETY: fcinfo is this call's; the descriptor is copied into this (first) call's
     // context, which pgrx keeps for the whole set.
     let tupdesc = unsafe { pg_sys::CreateTupleDescCopy(result_tupdesc(fcinfo)) };
-    let rows: Vec<CheckResultRow> = check_all(workspace_id)
-        .iter()
+    // Each row is recorded as it is returned (rows a LIMIT never fetches are not checks).
+    SetOfIterator::new(check_all(workspace_id).into_iter().map(move |checked| {
+        audit::record(workspace_id, &checked);
         // SAFETY: tupdesc is check_result's, from this function's declared result type.
-        .map(|c| CheckResultRow(unsafe { check_result_datum(tupdesc, c) }))
-        .collect();
-    SetOfIterator::new(rows)
+        CheckResultRow(unsafe { check_result_datum(tupdesc, &checked) })
+    }))
 }
 
 /// The predicate for RLS policies: the same decision, no audit. NULL input, an unknown feature

@@ -124,3 +124,21 @@ pub fn superuser_only(what: &str) -> ! {
         None,
     )
 }
+
+/// 42501: UPDATE, DELETE, TRUNCATE or a direct INSERT on the append-only audit trail.
+pub fn audit_append_only(operation: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!("pg_entitlements: entitlements.entitlement_checks is append-only ({operation} refused)"),
+        Some("Rows are written by the audit writer; old rows are removed with entitlements.prune_audit(interval)."),
+    )
+}
+
+/// 42501: prune_audit called by a role that is not a superuser.
+pub fn prune_requires_superuser() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        "pg_entitlements: only a superuser may prune the audit trail".into(),
+        None,
+    )
+}

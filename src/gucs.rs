@@ -1,6 +1,6 @@
 //! Every `pg_entitlements.*` setting, registered once from `_PG_init`.
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::ffi::CString;
 
 /// How long a `past_due` subscription keeps access, in seconds (SHOW prints it with a unit,
@@ -26,6 +26,35 @@ pub static STRIPE_TOLERANCE: GucSetting<i32> = GucSetting::<i32>::new(300);
 /// Largest webhook payload apply_stripe_event looks at, in bytes. Reload-time only, for the
 /// same reason.
 pub static MAX_PAYLOAD_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+/// Which checks the audit trail records.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AuditMode {
+    #[name = c"all"]
+    All,
+    #[name = c"denied"]
+    Denied,
+    #[name = c"off"]
+    Off,
+}
+
+/// Superuser-only: a session must not be able to switch off the record of its own checks.
+pub static AUDIT: GucSetting<AuditMode> = GucSetting::<AuditMode>::new(AuditMode::All);
+
+/// Records the audit queue holds (424 bytes each), fixed at server start.
+pub static AUDIT_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(8192);
+
+/// The database whose `entitlements.entitlement_checks` the audit writer fills: one
+/// background worker connects to one database (docs/AUDIT.md).
+pub static AUDIT_DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// What the application says its client is; recorded as user_agent (else application_name).
+pub static USER_AGENT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// The end user's address as the application saw it; recorded as ip_address (else the
+/// connection's address). Not an inet GUC: a bad value must not fail a check, so it is
+/// validated when recorded and recorded as NULL.
+pub static CLIENT_IP: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn init() {
     // A postmaster-context setting can only be defined while the postmaster loads us
@@ -107,8 +136,61 @@ fn define_the_rest() {
         GucContext::Sighup,
         GucFlags::UNIT_BYTE,
     );
+    define_audit_gucs();
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_entitlements".as_ptr()) };
+}
+
+fn define_audit_gucs() {
+    GucRegistry::define_enum_guc(
+        c"pg_entitlements.audit",
+        c"Which checks are recorded in entitlements.entitlement_checks: all, denied or off.",
+        c"has_entitlement is never recorded.",
+        &AUDIT,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_entitlements.user_agent",
+        c"The client the application acts for, recorded with each audited check.",
+        c"Defaults to application_name.",
+        &USER_AGENT,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_entitlements.client_ip",
+        c"The end user's IP address, recorded with each audited check.",
+        c"Defaults to the connection's address; an invalid value is recorded as NULL.",
+        &CLIENT_IP,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    // Server-start settings can only be defined while the library is preloaded (Postgres
+    // refuses them later, e.g. when CREATE EXTENSION loads it); without preload there is no
+    // queue and no writer for them to size or direct.
+    // SAFETY: a plain global flag, read in _PG_init on the main thread.
+    if !unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    GucRegistry::define_int_guc(
+        c"pg_entitlements.audit_queue_size",
+        c"Audit records held in shared memory before the writer stores them.",
+        c"When the queue is full, records are dropped (and counted), never waited for.",
+        &AUDIT_QUEUE_SIZE,
+        8,
+        1 << 20,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_entitlements.audit_database",
+        c"The database in which the audit writer stores records.",
+        c"Checks in other databases are counted as dropped.",
+        &AUDIT_DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
 }
 
 /// The grace in microseconds, the resolver's unit.

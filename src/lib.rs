@@ -3,7 +3,8 @@
 //!
 //! Module map: `resolver` (the rules, pure), `catalog` (reads the tables), `identity` (who
 //! asks), `api` (the SQL functions), `cache` (the shared decision cache), `stripe` (webhook
-//! ingestion: verification and parsing pure, application through SPI), `gucs` (settings),
+//! ingestion: verification and parsing pure, application through SPI), `audit` (the trail of
+//! checks), `gucs` (settings),
 //! `errors` (SQLSTATEs).
 //! The tables, policies and views are SQL, in `sql/`.
 
@@ -12,6 +13,7 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod api;
+mod audit;
 mod cache;
 mod catalog;
 mod errors;
@@ -21,6 +23,11 @@ pub mod resolver;
 pub mod stripe;
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
+extension_sql_file!(
+    "../sql/audit.sql",
+    name = "audit",
+    requires = [audit::entitlement_checks_append_only, api::current_user_id]
+);
 extension_sql_file!("../sql/api.sql", name = "api", finalize);
 
 #[pg_guard]
@@ -30,6 +37,7 @@ pub extern "C-unwind" fn _PG_init() {
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         cache::init();
     }
+    audit::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

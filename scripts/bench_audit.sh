@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The audit benchmark of docs/BENCHMARKS.md ("Audit"): end-to-end throughput with pgbench
+# (-M prepared, several clients), all workloads against the same cluster in the same run,
+# interleaved round by round so background load hits them alike:
+#   check_audit_on   SELECT * FROM entitlements.entitlement_check(ws, 'ccp-05')  (audit = all)
+#   check_audit_off  the same with pg_entitlements.audit = off
+#   select_1         SELECT 1
+#   seed_baseline    a PL/pgSQL function that reads billing_state and features and INSERTs an
+#                    audit row in the caller's transaction (the seed's design)
+# Installs a release build first. PG_ROOT selects a private PostgreSQL copy (setup.sh).
+#   CLIENTS=4 SECONDS_PER_RUN=10 ROUNDS=3 bash scripts/bench_audit.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
+CLIENTS=${CLIENTS:-4}
+THREADS=${THREADS:-2}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+ROUNDS=${ROUNDS:-3}
+DIR=$PWD/.run/bench-audit
+PORT=${BENCH_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
+
+if [ "${SKIP_INSTALL:-}" != 1 ]; then
+    cargo pgrx install --release --pg-config "$PG_BIN/pg_config" >/dev/null
+fi
+trap 'bash scripts/cluster.sh stop "$DIR"' EXIT
+bash scripts/cluster.sh start "$DIR" "$PORT" "pg_entitlements.audit_database = 'app'" \
+    "max_connections = 50" "shared_buffers = 128MB"
+psql() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
+psql -d postgres -c "CREATE DATABASE app"
+psql -d app <<'SQL'
+CREATE EXTENSION pg_entitlements;
+SELECT entitlements.sync_billing_state('11111111-1111-1111-1111-111111111111', 'pro', 'active');
+
+-- The seed's design: decide from the tables and write the audit row in the caller's
+-- transaction (what every check costs when the audit is a plain INSERT).
+CREATE TABLE public.seed_audit (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    checked_at timestamptz NOT NULL, workspace_id uuid NOT NULL, feature text NOT NULL,
+    result boolean NOT NULL, reason_code text);
+CREATE INDEX ON public.seed_audit (workspace_id, checked_at DESC);
+CREATE FUNCTION public.seed_check(p_ws uuid, p_feature text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    ws_level int; ws_status text; need int; ok boolean;
+BEGIN
+    SELECT t.level, b.status INTO ws_level, ws_status
+      FROM entitlements.billing_state b JOIN entitlements.tiers t ON t.tier = b.tier
+     WHERE b.workspace_id = p_ws;
+    SELECT t.level INTO need
+      FROM entitlements.features f JOIN entitlements.tiers t ON t.tier = f.min_tier
+     WHERE f.feature = p_feature;
+    ok := coalesce(ws_status, 'none') IN ('active', 'trialing') AND coalesce(ws_level, 0) >= need;
+    INSERT INTO public.seed_audit (checked_at, workspace_id, feature, result, reason_code)
+    VALUES (now(), p_ws, p_feature, ok, CASE WHEN NOT ok THEN 'TIER_INSUFFICIENT' END);
+    RETURN ok;
+END
+$$;
+SQL
+W=$DIR/workloads; mkdir -p "$W"
+echo "SELECT * FROM entitlements.entitlement_check('11111111-1111-1111-1111-111111111111', 'ccp-05');" > "$W/check.sql"
+echo "SELECT 1;" > "$W/select_1.sql"
+echo "SELECT public.seed_check('11111111-1111-1111-1111-111111111111', 'ccp-05');" > "$W/seed.sql"
+
+run() { # name script [PGOPTIONS]
+    PGOPTIONS=${3:-} "$PG_BIN/pgbench" -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" \
+        -h 127.0.0.1 -p "$PORT" -U postgres -f "$2" app 2>/dev/null \
+        | awk -v n="$1" '/^tps/ {printf "%s %.0f\n", n, $3}'
+}
+results=$DIR/results.txt; : > "$results"
+for r in $(seq "$ROUNDS"); do
+    run check_audit_on "$W/check.sql" >> "$results"
+    run check_audit_off "$W/check.sql" "-c pg_entitlements.audit=off" >> "$results"
+    run select_1 "$W/select_1.sql" >> "$results"
+    run seed_baseline "$W/seed.sql" >> "$results"
+done
+psql -d app -c "SELECT entitlements.flush_audit()" >/dev/null
+stats=$(psql -d app -At -F ' ' -c "SELECT queued, written, dropped, pending FROM entitlements.audit_statistics()")
+rows=$(psql -d app -At -c "SELECT count(*) FROM entitlements.entitlement_checks")
+
+echo "pgbench -M prepared -c $CLIENTS -j $THREADS -T $SECONDS_PER_RUN, $ROUNDS interleaved rounds, $(nproc) cores"
+awk '{ s[$1] += $2; n[$1]++; v[$1] = v[$1] " " $2 }
+     END {
+       for (k in s) m[k] = s[k] / n[k];
+       order[1] = "check_audit_on"; order[2] = "check_audit_off"; order[3] = "select_1"; order[4] = "seed_baseline";
+       printf "%-16s %10s   %s\n", "workload", "mean tps", "per round";
+       for (i = 1; i <= 4; i++) printf "%-16s %10.0f  %s\n", order[i], m[order[i]], v[order[i]];
+       printf "audit on / audit off     %.3f\n", m["check_audit_on"] / m["check_audit_off"];
+       printf "audit on / SELECT 1      %.3f\n", m["check_audit_on"] / m["select_1"];
+       printf "audit on / seed baseline %.2f\n", m["check_audit_on"] / m["seed_baseline"];
+     }' "$results"
+echo "audit counters (queued written dropped pending): $stats; rows in entitlement_checks: $rows"

@@ -1,0 +1,257 @@
+//! The audit trail: every audited check becomes one row of `entitlements.entitlement_checks`,
+//! written outside the caller's transaction. A check only copies a fixed-size record into a
+//! shared-memory queue (`queue`); a background worker (`writer`) stores the rows in batches.
+//! The table, its append-only guard, policies and views are in sql/audit.sql; docs/AUDIT.md
+//! describes the design for DBAs.
+
+mod queue;
+pub mod record;
+mod writer;
+
+use crate::api::Checked;
+use crate::gucs::{self, AuditMode};
+use crate::{errors, identity};
+use pgrx::prelude::*;
+use record::{InlineText, Record};
+use std::cell::{Cell, OnceCell};
+use std::ffi::CStr;
+use std::time::Duration;
+
+/// Shared memory and the writer exist only when the library is preloaded; loaded later (by
+/// CREATE EXTENSION or the first call), checks work and their records are counted as dropped.
+pub fn init() {
+    // SAFETY: a plain global flag, read in _PG_init on the main thread.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    queue::install_hooks();
+    writer::register();
+}
+
+/// Record one answered check. Never raises and never waits: when the record cannot be
+/// queued (audit off for it, no queue, a standby, another database, a full queue) it is
+/// dropped and, unless the audit is off for it, counted.
+pub fn record(workspace_id: pgrx::Uuid, checked: &Checked) {
+    match gucs::AUDIT.get() {
+        AuditMode::Off => return,
+        AuditMode::Denied if checked.decision.enabled => return,
+        _ => {}
+    }
+    if !queue::available() || in_recovery() || other_database() {
+        queue::count_dropped();
+        return;
+    }
+    let user_agent = user_agent();
+    let ip = client_ip();
+    let record = Record {
+        // SAFETY: set at backend start, constant afterwards.
+        database_oid: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        result: checked.decision.enabled,
+        cached: checked.cached,
+        reason: checked.decision.reason.map_or(0, |r| r.ordinal()),
+        checked_at: checked.resolved_at,
+        workspace_id: *workspace_id.as_bytes(),
+        feature: InlineText::new(Some(&checked.feature)),
+        user_id: InlineText::new(identity::current_user_id().as_deref()),
+        user_agent: InlineText::new(user_agent.as_deref()),
+        ip_address: InlineText::new(ip.as_deref()),
+    };
+    queue::push(&record);
+}
+
+fn in_recovery() -> bool {
+    // SAFETY: reads shared recovery state; callable in any backend.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
+/// True when the writer is known to serve another database than ours.
+fn other_database() -> bool {
+    // SAFETY: see `record`.
+    let ours = unsafe { pg_sys::MyDatabaseId };
+    queue::writer_database().is_some_and(|db| db != ours)
+}
+
+fn user_agent() -> Option<String> {
+    if let Some(ua) = gucs::USER_AGENT.get() {
+        return Some(ua.to_string_lossy().into_owned());
+    }
+    // SAFETY: application_name is a GUC-owned C string (or NULL), valid until it is next
+    // set, which cannot happen while we copy it.
+    let app = unsafe { pg_sys::application_name };
+    if app.is_null() {
+        return None;
+    }
+    // SAFETY: non-null and NUL-terminated, as above.
+    let app = unsafe { CStr::from_ptr(app) }.to_string_lossy();
+    (!app.is_empty()).then(|| app.into_owned())
+}
+
+/// `pg_entitlements.client_ip` if set (NULL when it is not a valid address), else the
+/// connection's address (NULL over a Unix socket).
+fn client_ip() -> Option<String> {
+    match gucs::CLIENT_IP.get() {
+        Some(ip) => record::valid_inet(&ip.to_string_lossy()).map(str::to_owned),
+        None => connection_address(),
+    }
+}
+
+thread_local! {
+    static CONNECTION_ADDRESS: OnceCell<Option<String>> = const { OnceCell::new() };
+}
+
+/// `inet_client_addr()::text`, computed once: a connection's peer does not change.
+fn connection_address() -> Option<String> {
+    CONNECTION_ADDRESS.with(|cell| {
+        cell.get_or_init(|| {
+            // SAFETY: inet_client_addr reads MyProcPort and returns NULL when there is no
+            // network peer; inet_out turns the inet it returned into a palloc'd C string.
+            unsafe {
+                let inet = pgrx::direct_function_call_as_datum(pg_sys::inet_client_addr, &[])?;
+                let text = pgrx::direct_function_call::<&CStr>(pg_sys::inet_out, &[Some(inet)])?;
+                Some(text.to_string_lossy().into_owned())
+            }
+        })
+        .clone()
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Who may modify the table: the writer inserts, prune_audit deletes, nobody else does either.
+// Process-local flags, so no SQL (and no setting) can grant them.
+// ---------------------------------------------------------------------------------------
+
+thread_local! {
+    static IS_WRITER: Cell<bool> = const { Cell::new(false) };
+    static PRUNING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn permit_writer() {
+    IS_WRITER.with(|w| w.set(true));
+}
+
+/// Allows DELETE for its lifetime; dropped also when an ERROR unwinds through prune_audit.
+struct PrunePermit;
+
+impl PrunePermit {
+    fn new() -> Self {
+        PRUNING.with(|p| p.set(true));
+        PrunePermit
+    }
+}
+
+impl Drop for PrunePermit {
+    fn drop(&mut self) {
+        PRUNING.with(|p| p.set(false));
+    }
+}
+
+/// BEFORE ... FOR EACH STATEMENT on entitlement_checks: the append-only guard, which holds
+/// for the owner and superusers too (RLS alone would not: they bypass it or own the table).
+#[pg_trigger]
+fn entitlement_checks_append_only<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, std::convert::Infallible> {
+    use pgrx::PgTriggerOperation as Op;
+    let op = trigger.op().unwrap_or_else(|e| errors::internal(e));
+    let allowed = match op {
+        Op::Insert => IS_WRITER.with(Cell::get),
+        Op::Delete => PRUNING.with(Cell::get),
+        Op::Update | Op::Truncate => false,
+    };
+    if !allowed {
+        errors::audit_append_only(match op {
+            Op::Insert => "INSERT",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+            Op::Truncate => "TRUNCATE",
+        });
+    }
+    Ok(None)
+}
+
+/// Remove rows older than `older_than`; superusers only. Returns the rows removed.
+#[pg_extern(volatile, parallel_unsafe)]
+fn prune_audit(older_than: pgrx::datum::Interval) -> i64 {
+    // SAFETY: a catalog lookup on the current user, valid in any transaction.
+    if !unsafe { pg_sys::superuser() } {
+        errors::prune_requires_superuser();
+    }
+    let _permit = PrunePermit::new();
+    Spi::get_one_with_args::<i64>(
+        "WITH gone AS (DELETE FROM entitlements.entitlement_checks
+                        WHERE checked_at < now() - $1 RETURNING 1)
+         SELECT count(*) FROM gone",
+        &[older_than.into()],
+    )
+    .unwrap_or_else(|e| errors::internal(e))
+    .unwrap_or(0)
+}
+
+/// How long flush_audit waits at most: a stopped writer must not hang the caller.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Wait until every record queued before the call is stored (or dropped as unwritable).
+/// Returns how many of those records were still pending when called. Without a queue, or
+/// with nothing pending, returns 0 at once; after FLUSH_TIMEOUT, warns and returns what was
+/// handled by then.
+#[pg_extern(volatile, parallel_restricted)]
+fn flush_audit() -> i64 {
+    let (Some(target), Some(start)) = (queue::enqueued(), queue::handled()) else { return 0 };
+    if target <= start {
+        return 0;
+    }
+    let deadline = crate::api::now() + FLUSH_TIMEOUT.as_micros() as i64;
+    loop {
+        queue::wake_writer();
+        let handled = queue::handled().unwrap_or(target);
+        if handled >= target {
+            return (target - start) as i64;
+        }
+        if crate::api::now() > deadline {
+            warning!(
+                "pg_entitlements: flush_audit gave up after {}s with {} records pending (is the audit writer running?)",
+                FLUSH_TIMEOUT.as_secs(),
+                target - handled
+            );
+            return handled.saturating_sub(start) as i64;
+        }
+        // SAFETY: waits on this backend's own latch with a timeout; WL_EXIT_ON_PM_DEATH ends
+        // the backend if the postmaster dies; interrupts (cancel, terminate) are honoured.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                10,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pg_sys::check_for_interrupts!();
+    }
+}
+
+/// The audit's counters (since server start; a crash restart resets them). Without
+/// shared_preload_libraries only `dropped` counts, for this session.
+#[pg_extern(volatile, parallel_safe)]
+fn audit_statistics() -> TableIterator<
+    'static,
+    (
+        name!(queued, i64),
+        name!(written, i64),
+        name!(dropped, i64),
+        name!(pending, i64),
+        name!(last_flush_at, Option<TimestampWithTimeZone>),
+        name!(writer_running, bool),
+    ),
+> {
+    let s = queue::statistics();
+    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    TableIterator::once((
+        as_i64(s.queued),
+        as_i64(s.written),
+        as_i64(s.dropped),
+        as_i64(s.pending),
+        s.last_flush_at.and_then(|t| TimestampWithTimeZone::try_from(t).ok()),
+        s.writer_running,
+    ))
+}
