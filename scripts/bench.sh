@@ -12,6 +12,7 @@ echo "[bench] release build"
 cargo pgrx install --release --pg-config "$PG_BIN/pg_config" >/dev/null
 which=("$@")
 [ ${#which[@]} -gt 0 ] || which=(cache stripe audit)
+export SKIP_INSTALL=1  # installed above
 for b in "${which[@]}"; do
     if [ -f "scripts/bench_$b.py" ]; then python3 "scripts/bench_$b.py"
     elif [ -f "scripts/bench_$b.sh" ]; then bash "scripts/bench_$b.sh"

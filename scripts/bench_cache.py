@@ -70,10 +70,10 @@ ratios rather than the absolute figures. Every row comes from the same run on th
 |---|---|
 | floor: inlined trivial SQL function, `count(*) FILTER (WHERE …) FROM generate_series(1, {N_CACHED:,})` | {t_floor / N_CACHED * 1e6:.3f} (absolute) |
 | `has_entitlement`, cache hit (superuser) | **{has_hit:.3f}** |
-| `entitlement_check(...).enabled`, cache hit (superuser) | **{chk_hit:.3f}** |
+| `entitlement_check(...).enabled`, cache hit (superuser; audit on: the record is queued) | **{chk_hit:.3f}** |
 | `has_entitlement`, cache off (`pg_entitlements.cache_enabled = off`) | {has_miss:.3f} |
 | `entitlement_check(...).enabled`, cache off | {chk_miss:.3f} |
-| `has_entitlement` as a non-privileged member (membership read per call) | {has_member:.3f} |
+| `has_entitlement` as a non-privileged member (identity from the GUC, membership remembered per backend) | {has_member:.3f} |
 
 - A cache hit costs {has_hit:.2f} µs (`has_entitlement`) and {chk_hit:.2f} µs (`entitlement_check`) above the
   floor. Goal: at most 1 µs.

@@ -5,7 +5,7 @@
 -- their own workspaces' rows only.
 
 CREATE TABLE entitlements.entitlement_checks (
-    id bigint GENERATED ALWAYS AS IDENTITY,
+    id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1000),  -- the writer inserts thousands a second
     checked_at timestamptz NOT NULL,
     workspace_id uuid NOT NULL,
     user_id text,
