@@ -165,11 +165,16 @@ fn writer_pid(c: &mut Client) -> Option<i32> {
         .map(|r| r.get(0))
 }
 
-/// After a crash restart, wait for the server and the writer to be back.
+/// After a crash restart, wait for the server and the writer to be back. A connection made
+/// just before the postmaster's reset may be cut again: retry on any error.
 fn reconnect_with_writer(pg: &Cluster) -> Client {
     for _ in 0..100 {
         if let Ok(mut c) = Client::connect(&pg.url("app"), NoTls) {
-            if writer_pid(&mut c).is_some() {
+            let writer = c
+                .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_entitlements audit writer'", &[])
+                .ok()
+                .flatten();
+            if writer.is_some() {
                 return c;
             }
         }
