@@ -17,7 +17,7 @@ start)
         as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
     fi
     rm -rf "$dir"
-    mkdir -p "$dir"
+    bash "$(dirname "$0")/pg_can_reach.sh" "$dir"
     chown postgres: "$dir"
     as_pg "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
     {

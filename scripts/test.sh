@@ -18,7 +18,7 @@ step() { printf '\n==== %s\n' "$*"; }
 
 step "unit tests and #[pg_test]s (cargo pgrx test)"
 rm -rf "$RUN/pgrx-test"
-mkdir -p "$RUN/pgrx-test" && chown postgres: "$RUN/pgrx-test"
+bash scripts/pg_can_reach.sh "$RUN/pgrx-test" && chown postgres: "$RUN/pgrx-test"
 cargo pgrx test pg15 --runas postgres --pgdata "$RUN/pgrx-test/data"
 
 step "install the extension into $PG_CONFIG"
