@@ -95,12 +95,9 @@ pub fn check_all(workspace_id: Uuid) -> Vec<Checked> {
             }
         }
     }
-    read_inputs(|| catalog::all_feature_inputs(workspace_id))
+    decide_all_uncached(workspace_id, now, grace)
         .into_iter()
-        .map(|inputs| {
-            let decision = resolve(&inputs, now, grace);
-            computed(inputs, decision, now, reader.as_ref(), &workspace_id)
-        })
+        .map(|(inputs, decision)| computed(inputs, decision, now, reader.as_ref(), &workspace_id))
         .collect()
 }
 
@@ -114,10 +111,8 @@ fn read_inputs<R>(read: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Uncached decisions (with their `valid_until`), for the matrix and the views.
-fn decide_all_uncached(workspace_id: Uuid) -> Vec<(FeatureInputs, Decision)> {
-    let now = now();
-    let grace = gucs::past_due_grace_micros();
+/// Every feature's decision from one catalog read, uncached (with its `valid_until`).
+fn decide_all_uncached(workspace_id: Uuid, now: i64, grace: i64) -> Vec<(FeatureInputs, Decision)> {
     read_inputs(|| catalog::all_feature_inputs(workspace_id))
         .into_iter()
         .map(|inputs| {
@@ -274,7 +269,7 @@ fn decide_all(
     ),
 > {
     identity::authorize(workspace_id);
-    TableIterator::new(decide_all_uncached(workspace_id).into_iter().map(|(inputs, d)| {
+    TableIterator::new(decide_all_uncached(workspace_id, now(), gucs::past_due_grace_micros()).into_iter().map(|(inputs, d)| {
         (inputs.feature, d.enabled, inputs.tier, d.reason.map(|r| r.code()), d.valid_until.map(timestamptz))
     }))
 }
