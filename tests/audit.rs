@@ -165,9 +165,12 @@ fn writer_pid(c: &mut Client) -> Option<i32> {
         .map(|r| r.get(0))
 }
 
-/// After a crash restart, wait for the server and the writer to be back. A connection made
-/// just before the postmaster's reset may be cut again: retry on any error.
-fn reconnect_with_writer(pg: &Cluster) -> Client {
+/// Wait for the server (after crash restart number `restarts_before + 1`, unless
+/// `usize::MAX`: no crash expected) and its writer to be back.
+fn reconnect_with_writer(pg: &Cluster, restarts_before: usize) -> Client {
+    if restarts_before != usize::MAX {
+        drop(pg.reconnect_after_crash(restarts_before));
+    }
     for _ in 0..100 {
         if let Ok(mut c) = Client::connect(&pg.url("app"), NoTls) {
             let writer = c
@@ -186,16 +189,17 @@ fn reconnect_with_writer(pg: &Cluster) -> Client {
 #[test]
 fn records_still_arrive_after_the_writer_or_a_backend_is_killed() {
     let pg = audited("audit-sigkill");
-    let mut c = reconnect_with_writer(&pg);
+    let mut c = reconnect_with_writer(&pg, usize::MAX);
     let ws = new_workspace(&mut c);
     check(&mut c, &ws, "ccp-01");
     assert_eq!(flushed_rows(&mut c, &ws), 1);
 
     // SIGKILL the writer: the postmaster restarts every process (shared memory is reset).
     let pid = writer_pid(&mut c).unwrap();
+    let restarts = pg.crash_restarts();
     kill9(pid);
     drop(c);
-    let mut c = reconnect_with_writer(&pg);
+    let mut c = reconnect_with_writer(&pg, restarts);
     assert_ne!(writer_pid(&mut c), Some(pid));
     check(&mut c, &ws, "ccp-02");
     assert_eq!(flushed_rows(&mut c, &ws), 2);
@@ -203,9 +207,10 @@ fn records_still_arrive_after_the_writer_or_a_backend_is_killed() {
     // SIGKILL an ordinary backend: the same crash restart, and the writer comes back.
     let mut victim = pg.connect();
     let victim_pid: i32 = victim.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let restarts = pg.crash_restarts();
     kill9(victim_pid);
     drop(c);
-    let mut c = reconnect_with_writer(&pg);
+    let mut c = reconnect_with_writer(&pg, restarts);
     check(&mut c, &ws, "ccp-03");
     assert_eq!(flushed_rows(&mut c, &ws), 3);
 }
@@ -328,7 +333,7 @@ fn without_preload_checks_work_and_records_are_counted_as_dropped() {
 #[test]
 fn checks_in_another_database_are_counted_as_dropped() {
     let pg = audited("audit-other-db");
-    let mut app = reconnect_with_writer(&pg);
+    let mut app = reconnect_with_writer(&pg, usize::MAX);
     exec(&mut app, "SELECT 1");
     let mut admin = pg.connect_db("postgres");
     exec(&mut admin, "CREATE DATABASE other");
@@ -533,7 +538,7 @@ fn on_a_hot_standby_checks_work_and_records_are_counted_as_dropped() {
 #[test]
 fn a_batch_that_always_fails_is_given_up_after_retries() {
     let pg = audited("audit-poison");
-    let mut c = reconnect_with_writer(&pg);
+    let mut c = reconnect_with_writer(&pg, usize::MAX);
     let ws = new_workspace(&mut c);
     exec(&mut c, "CREATE FUNCTION public.poison() RETURNS trigger LANGUAGE plpgsql AS $$
                   BEGIN IF NEW.user_id = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$;
@@ -545,7 +550,7 @@ fn a_batch_that_always_fails_is_given_up_after_retries() {
     flush(&mut c);
     let (_, written, dropped, pending, _) = stats(&mut c);
     assert_eq!((written, dropped, pending), (0, 1, 0));
-    let mut c = reconnect_with_writer(&pg);
+    let mut c = reconnect_with_writer(&pg, usize::MAX);
     check(&mut c, &ws, "ccp-02");
     assert_eq!(flushed_rows(&mut c, &ws), 1);
     assert!(pg.log().contains("whose INSERT failed 3 times"));

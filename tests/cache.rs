@@ -297,11 +297,12 @@ fn a_backend_killed_while_checking_leaves_a_working_cache() {
         std::thread::sleep(Duration::from_millis(50));
     };
     std::thread::sleep(Duration::from_millis(300));
+    let restarts = pg.crash_restarts();
     assert!(std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap().success());
     assert!(victim.join().unwrap().is_err(), "the victim's connection died");
 
     // the postmaster restarts everything; reconnect
-    let mut c2 = pg.connect();
+    let mut c2 = pg.reconnect_after_crash(restarts);
     exec(&mut c2, "SET statement_timeout = '20s'");
     let stats = c2.query_one("SELECT enabled, entries FROM entitlements.cache_statistics()", &[]).unwrap();
     assert!(stats.get::<_, bool>(0));
@@ -315,6 +316,7 @@ fn a_backend_killed_while_checking_leaves_a_working_cache() {
     assert_eq!(n, 2000);
     c2.query_one("SELECT entitlements.clear_cache()", &[]).unwrap();
     assert!(pg.log().contains("terminated by signal 9"), "the server log shows the crash");
+    assert_eq!(pg.crash_restarts(), restarts + 1);
 }
 
 /// Eviction: a full table evicts and counts, and never errors.

@@ -101,6 +101,32 @@ impl Cluster {
         panic!("connect to {}: {:?}", self.url(db), last)
     }
 
+    /// How many crash restarts (all processes terminated, shared memory reinitialised) the
+    /// server has done so far.
+    pub fn crash_restarts(&self) -> usize {
+        self.log().matches("all server processes terminated; reinitializing").count()
+    }
+
+    /// After a crash: wait until the postmaster has begun restart number `restarts_before + 1`
+    /// (a connection made before that could still be cut), then connect, retrying while the
+    /// server recovers.
+    pub fn reconnect_after_crash(&self, restarts_before: usize) -> Client {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.crash_restarts() <= restarts_before {
+            assert!(std::time::Instant::now() < deadline, "no crash restart:\n{}", self.log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        loop {
+            if let Ok(mut c) = Client::connect(&self.url("app"), NoTls) {
+                if c.batch_execute("SELECT 1").is_ok() {
+                    return c;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "server did not come back:\n{}", self.log());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
