@@ -410,7 +410,7 @@ fn fixture_event_type(sources: &str, name: &str) -> String {
 #[test]
 fn every_published_fixture_is_applied_or_recorded_without_error() {
     let (_pg, mut c) = stripe_cluster("stripe-fixtures");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/stripe");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stripe");
     let sources = std::fs::read_to_string(dir.join("SOURCES.md")).unwrap();
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()

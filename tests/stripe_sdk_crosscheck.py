@@ -16,7 +16,6 @@ Needs: stripe==16.1.0, psycopg 3, the extension installed into $PG_ROOT (cargo p
 Prints "N passed, 0 failed" at the end.
 """
 import json
-import os
 import pathlib
 import random
 import socket
@@ -29,7 +28,7 @@ import stripe
 from stripe import SignatureVerificationError, WebhookSignature
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-FIXTURES = pathlib.Path(os.environ.get("STRIPE_FIXTURES", REPO / ".." / "shared" / "fixtures" / "stripe"))
+FIXTURES = REPO / "tests" / "fixtures" / "stripe"
 SECRET = "whsec_crosscheck_0123456789"
 OTHER = "whsec_other_secret"
 OK = "ok"

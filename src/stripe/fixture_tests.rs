@@ -1,6 +1,5 @@
-//! Published Stripe payloads (see SOURCES.md beside them) through `parse_event`
-//! and the fact extractors. Directory: `$STRIPE_FIXTURES`, else
-//! `<manifest>/../shared/fixtures/stripe`.
+//! Published Stripe payloads (`tests/fixtures/stripe/`, with SOURCES.md saying where each
+//! comes from) through `parse_event` and the fact extractors.
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -9,10 +8,7 @@ use super::event::{
 };
 
 fn fixtures_dir() -> PathBuf {
-    match std::env::var_os("STRIPE_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/stripe"),
-    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stripe")
 }
 
 /// Event types of the `object-*` files, from SOURCES.md.
@@ -58,7 +54,7 @@ fn load(name: &str) -> String {
 fn all_fixture_names() -> Vec<String> {
     let dir = fixtures_dir();
     let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("fixtures dir {}: {e} (set STRIPE_FIXTURES)", dir.display()))
+        .unwrap_or_else(|e| panic!("fixtures dir {}: {e}", dir.display()))
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".json"))
