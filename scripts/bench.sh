@@ -14,7 +14,8 @@ which=("$@")
 [ ${#which[@]} -gt 0 ] || which=(cache stripe audit)
 export SKIP_INSTALL=1  # installed above
 for b in "${which[@]}"; do
-    if [ -f "scripts/bench_$b.py" ]; then python3 "scripts/bench_$b.py"
+    # psycopg lives in the virtual environment setup.sh made.
+    if [ -f "scripts/bench_$b.py" ]; then .run/venv/bin/python "scripts/bench_$b.py"
     elif [ -f "scripts/bench_$b.sh" ]; then bash "scripts/bench_$b.sh"
     fi
 done

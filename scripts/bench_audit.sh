@@ -13,12 +13,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
+PY=$PWD/.run/venv/bin/python  # made by scripts/setup.sh
+[ -x "$PY" ] || bash scripts/setup.sh
 CLIENTS=${CLIENTS:-4}
 THREADS=${THREADS:-2}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 ROUNDS=${ROUNDS:-3}
 DIR=$PWD/.run/bench-audit
-PORT=${BENCH_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
+PORT=${BENCH_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 
 if [ "${SKIP_INSTALL:-}" != 1 ]; then
     cargo pgrx install --release --pg-config "$PG_BIN/pg_config" >/dev/null

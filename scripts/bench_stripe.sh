@@ -9,10 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
 DIR=$PWD/.run/bench-stripe
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PY=$PWD/.run/venv/bin/python  # psycopg, installed there by scripts/setup.sh
+[ -x "$PY" ] || bash scripts/setup.sh
+PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 trap 'bash scripts/cluster.sh stop "$DIR"' EXIT
 bash scripts/cluster.sh start "$DIR" "$PORT"
-python3 - "$PORT" "$SECS" <<'PY'
+"$PY" - "$PORT" "$SECS" <<'PY'
 import hashlib, hmac, json, sys, time, uuid
 import psycopg
 port, secs = int(sys.argv[1]), float(sys.argv[2])

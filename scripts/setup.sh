@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing pg_entitlements needs, only what is missing:
 # PostgreSQL 15 with its server headers, clang, sudo, cargo-pgrx 0.18.1 (initialised against
-# the system PostgreSQL 15), and the Python packages of the Stripe cross-check.
-# Idempotent; fast when everything is there.
+# the system PostgreSQL 15), and the Python packages of the Stripe cross-check and the
+# benchmarks in a virtual environment of their own (.run/venv; the system's Python packages
+# are left alone). Idempotent; fast when everything is there.
 set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+VENV=$REPO/.run/venv
 
 PG_BIN=/usr/lib/postgresql/15/bin
 PG_CONFIG=$PG_BIN/pg_config
@@ -17,7 +20,9 @@ command -v clang >/dev/null || need_apt+=(clang)
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v sudo >/dev/null || need_apt+=(sudo)
-command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v python3 >/dev/null || need_apt+=(python3)
+# Debian splits venv's pip bootstrap (ensurepip) into python3-venv.
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
     say "installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -39,10 +44,13 @@ if ! grep -qs "^pg15 *= *\"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
     cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
 fi
 
-# Stripe's official SDK, the independent cross-check of signature verification.
-if ! python3 -c 'import stripe, psycopg; assert stripe.VERSION == "16.1.0"' 2>/dev/null; then
-    say "installing Python packages: stripe, psycopg"
-    python3 -m pip install --quiet --disable-pip-version-check 'stripe==16.1.0' 'psycopg[binary]>=3.1,<4'
+# Stripe's official SDK, the independent cross-check of signature verification, and psycopg
+# for it and the benchmarks: in .run/venv, which scripts/test.sh and scripts/bench*.sh use.
+if ! "$VENV/bin/python" -c 'import stripe, psycopg; assert stripe.VERSION == "16.1.0"' 2>/dev/null; then
+    say "installing Python packages into $VENV: stripe, psycopg"
+    # --clear: a venv left broken (say its python moved) is rebuilt rather than patched.
+    [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c '' 2>/dev/null || python3 -m venv --clear "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check 'stripe==16.1.0' 'psycopg[binary]>=3.1,<4'
 fi
 
 # PG_ROOT=/some/dir: a private, relocated copy of the PostgreSQL 15 install, so that a second

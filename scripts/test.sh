@@ -31,7 +31,7 @@ step "integration tests (tests/)"
 cargo test --no-default-features --features pg15 --test '*' -- --test-threads=2
 
 step "Stripe SDK cross-check (tests/stripe_sdk_crosscheck.py)"
-# stripe==16.1.0 (its test-header generator) is installed by setup.sh.
-python3 tests/stripe_sdk_crosscheck.py
+# stripe==16.1.0 (its test-header generator) is installed by setup.sh into .run/venv.
+"$RUN/venv/bin/python" tests/stripe_sdk_crosscheck.py
 
 step "all tests passed"
