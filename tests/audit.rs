@@ -520,13 +520,15 @@ fn on_a_hot_standby_checks_work_and_records_are_counted_as_dropped() {
     exec(&mut primary, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'active')"));
     let standby = Standby::start(&pg);
     let mut s = standby.connect();
-    // Wait until the standby has replayed the billing row.
-    for _ in 0..100 {
-        if count(&mut s, &format!("SELECT count(*) FROM entitlements.billing_state WHERE workspace_id = {ws}")) == 1 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    // Wait until the standby has replayed everything the primary wrote; fail if it never does.
+    let lsn: String = primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).unwrap().get(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let replayed = format!("SELECT coalesce(pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn, false)");
+    while !s.query_one(&replayed, &[]).unwrap().get::<_, bool>(0) {
+        assert!(std::time::Instant::now() < deadline, "the standby never replayed up to {lsn}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    assert_eq!(count(&mut s, &format!("SELECT count(*) FROM entitlements.billing_state WHERE workspace_id = {ws}")), 1);
     assert_eq!(check(&mut s, &ws, "ccp-05"), (true, None));
     assert_eq!(check(&mut s, &ws, "ccp-13").0, false);
     assert_eq!(flush(&mut s), 0, "nothing is queued on a standby");

@@ -1,6 +1,6 @@
 //! The shared decision cache is exact: what commits is seen by every check that starts after
-//! the commit, in every session and on a hot standby; what rolls back is never seen; a
-//! crash leaves no stuck lock. Each property over real connections, with the cache warm and
+//! the commit, in every session and on a hot standby; what rolls back is never seen; after a
+//! crash the cache starts empty and works. Each property over real connections, with the cache warm and
 //! the TTL at its default (300 s), so a passing test cannot be the TTL's doing.
 #![cfg(not(feature = "pg_test"))]
 
@@ -261,7 +261,8 @@ fn a_standby_with_a_warm_cache_follows_replayed_changes() {
 }
 
 /// Property 6: a backend SIGKILLed while checking; the postmaster reinitialises shared memory;
-/// then the cache works and no lock is stuck.
+/// then the cache starts empty and works. (A lock the victim held cannot outlive the
+/// restart, which recreates shared memory, locks included: nothing to assert about locks.)
 #[test]
 fn a_backend_killed_while_checking_leaves_a_working_cache() {
     let pg = Cluster::start("cache-sigkill");
@@ -308,13 +309,6 @@ fn a_backend_killed_while_checking_leaves_a_working_cache() {
     assert!(stats.get::<_, bool>(0));
     assert_eq!(stats.get::<_, i64>(1), 0, "shared memory was reinitialised");
     assert!(warm(&mut c2, &ws, "ccp-05"), "the cache works after the restart");
-    // no partition lock is stuck: every partition is read and written
-    let n: i64 = c2
-        .query_one("SELECT count(*) FROM (SELECT entitlements.has_entitlement(gen_random_uuid(), 'ccp-05') FROM generate_series(1, 2000)) s", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 2000);
-    c2.query_one("SELECT entitlements.clear_cache()", &[]).unwrap();
     assert!(pg.log().contains("terminated by signal 9"), "the server log shows the crash");
     assert_eq!(pg.crash_restarts(), restarts + 1);
 }

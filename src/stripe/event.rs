@@ -971,16 +971,39 @@ mod tests {
         assert_eq!(invoice_facts(&json!("str")), none);
     }
 
+    /// Each error the parser and the extractors produce, from a payload whose offending value
+    /// is a marker: the message names the field and never carries the value.
     #[test]
-    fn error_messages_name_fields_only() {
-        let e = EventError::WrongType {
-            field: "created",
-            expected: "an integer",
+    fn error_messages_name_fields_not_values() {
+        const MARK: &str = "MARKER_c0ffee";
+        let event = |created: Value, data: Value| {
+            json!({"id": "evt_1", "type": "t", "created": created, "data": data}).to_string()
         };
-        assert_eq!(e.message(), "event field `created` is not an integer");
-        assert_eq!(
-            EventError::Missing("data.object").to_string(),
-            "event field `data.object` is missing"
-        );
+        let envelope_errors = [
+            (event(json!(MARK), json!({"object": {}})), "`created`"),
+            (event(json!(1), json!(MARK)), "`data`"),
+            (event(json!(1), json!({"object": MARK})), "`data.object`"),
+            (json!({"id": {"k": MARK}, "type": "t", "created": 1, "data": {"object": {}}}).to_string(), "`id`"),
+            (format!("{{\"id\": \"{MARK}\", oops}}"), "not valid JSON"),
+        ];
+        for (payload, names) in envelope_errors {
+            let msg = parse_event(&payload).unwrap_err().to_string();
+            assert!(msg.contains(names), "{msg} should name {names}");
+            assert!(!msg.contains(MARK), "{msg} echoes the payload");
+        }
+        let object_errors = [
+            (sub(json!({"status": MARK})), "`status`"),
+            (sub(json!({"customer": [MARK]})), "`customer`"),
+            (sub(json!({"trial_end": MARK})), "`trial_end`"),
+            (sub(json!({"items": {"data": [MARK]}})), "`items.data[]`"),
+            (sub(json!({"items": {"data": [{"price": {"id": [MARK]}}]}})), "`items.data[].price.id`"),
+            (sub(json!({"metadata": {"workspace_id": [MARK]}})), "`metadata.workspace_id`"),
+        ];
+        for (object, names) in object_errors {
+            let e = parse_event(&envelope(object)).unwrap();
+            let msg = subscription_facts(&e.object).unwrap_err().to_string();
+            assert!(msg.contains(names), "{msg} should name {names}");
+            assert!(!msg.contains(MARK), "{msg} echoes the payload");
+        }
     }
 }

@@ -569,20 +569,4 @@ mod tests {
             "Timestamp outside the tolerance zone"
         );
     }
-
-    #[test]
-    fn errors_never_show_secret_or_payload() {
-        use SignatureError::*;
-        for e in [
-            NoTimestampOrSignatures,
-            NoExpectedScheme,
-            NoMatch,
-            OutsideTolerance,
-        ] {
-            for text in [format!("{e:?}"), format!("{e}"), e.message().to_string()] {
-                assert!(!text.contains("whsec"), "{text}");
-                assert!(!text.contains("evt_1"), "{text}");
-            }
-        }
-    }
 }
