@@ -266,3 +266,75 @@ fn matrix_views_and_checks_never_disagree() {
         })
         .unwrap();
 }
+
+/// The README's headline RLS policy, read from the README and run as written, for a real
+/// non-privileged LOGIN role connecting over TCP that says who it acts for with `SET LOCAL`
+/// inside a transaction. Alice is a member of a pro_plus workspace and of a free one; a third
+/// workspace is pro_plus but not hers. She sees exactly the pro_plus workspace's rows.
+#[test]
+fn the_readme_rls_policy_shows_a_member_exactly_the_entitled_workspaces_rows() {
+    let pg = Cluster::start("readme-rls");
+    let mut admin = pg.connect();
+    let plus = new_workspace(&mut admin);
+    let free = new_workspace(&mut admin);
+    let not_hers = new_workspace(&mut admin);
+    exec(
+        &mut admin,
+        &format!(
+            "CREATE ROLE report_reader LOGIN;
+             DO $$ BEGIN
+                 IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'entitlements_app') THEN
+                     GRANT entitlements_app TO report_reader;
+                 END IF;
+             END $$;
+             SELECT entitlements.sync_billing_state({plus}, 'pro_plus', 'active');
+             SELECT entitlements.sync_billing_state({free}, 'free', 'active');
+             SELECT entitlements.sync_billing_state({not_hers}, 'pro_plus', 'active');
+             INSERT INTO entitlements.workspace_members VALUES
+                 ({plus}, 'alice', 'member'), ({free}, 'alice', 'member'), ({not_hers}, 'bob', 'owner');
+             CREATE TABLE public.reports (id int PRIMARY KEY, workspace_id uuid NOT NULL, title text NOT NULL);
+             INSERT INTO public.reports VALUES
+                 (1, {plus}, 'plus: Q1'), (2, {plus}, 'plus: Q2'), (3, {free}, 'free: Q1'), (4, {not_hers}, 'bob: Q1');
+             GRANT SELECT ON public.reports TO report_reader;"
+        ),
+    );
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let policy = doc
+        .split("```sql")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("CREATE POLICY reports_need_ccp07"))
+        .expect("the README's RLS example");
+    exec(&mut admin, policy);
+    let all: i64 = admin.query_one("SELECT count(*) FROM public.reports", &[]).unwrap().get(0);
+    assert_eq!(all, 4, "the owner sees every row");
+
+    let url = format!("host=127.0.0.1 port={} user=report_reader dbname=app", pg.port);
+    let mut app = Client::connect(&url, NoTls).unwrap();
+    let who = app
+        .query_one(
+            "SELECT current_user::text, rolsuper, rolbypassrls, inet_server_addr() IS NOT NULL
+               FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (who.get::<_, String>(0), who.get::<_, bool>(1), who.get::<_, bool>(2), who.get::<_, bool>(3)),
+        ("report_reader".to_owned(), false, false, true),
+        "a plain role over TCP"
+    );
+
+    let mut tx = app.transaction().unwrap();
+    tx.batch_execute("SET LOCAL pg_entitlements.user_id = 'alice'").unwrap();
+    let seen: Vec<(i32, String)> = tx
+        .query("SELECT id, workspace_id::text FROM public.reports ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    tx.commit().unwrap();
+    assert_eq!(seen, vec![(1, plus.0.clone()), (2, plus.0.clone())], "exactly the pro_plus workspace's rows");
+
+    // SET LOCAL ended with the transaction: with no identity the policy refuses (28000).
+    assert_eq!(sqlstate(&mut app, "SELECT count(*) FROM public.reports"), "28000");
+}
