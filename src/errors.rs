@@ -74,6 +74,16 @@ pub fn payload_too_large(bytes: usize, max: usize) -> ! {
     )
 }
 
+/// 54000: a Stripe-Signature header over its fixed limit, refused before it is parsed. The
+/// message names the limit and the size, never the header's contents.
+pub fn signature_header_too_large(bytes: usize, max: usize) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        format!("pg_entitlements: Stripe-Signature header of {bytes} bytes exceeds the limit of {max} bytes"),
+        None,
+    )
+}
+
 /// 55000: no webhook secret is active, so nothing can be verified.
 pub fn no_webhook_secret() -> ! {
     raise(

@@ -463,6 +463,8 @@ fn malformed_inputs(c: &mut Client) -> Vec<(Option<String>, Option<String>)> {
         r#"{"id":"e","type":"t","created":1e999,"data":{"object":{}}}"#.into(),
         r#"{"id":"e","type":"t","created":123456789012345678901234567890,"data":{"object":{}}}"#.into(),
         r#"{"id":"e","type":"t","created":-99999999999999999,"data":{"object":{}}}"#.into(),
+        r#"{"id":"e_num1","type":"t","created":1,"data":{"object":{"n":1e-99999}}}"#.into(),
+        r#"{"id":"e_num2","type":"t","created":1,"data":{"object":{"n":1e99999}}}"#.into(),
         format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
         format!(r#"{{"id":"e_deep","type":"t","created":1,"data":{{"object":{}1{}}}}}"#, "{\"a\":".repeat(5000), "}".repeat(5000)),
     ];
@@ -543,6 +545,10 @@ fn malformed_headers_and_payloads_fail_cleanly_and_change_nothing() {
                 let code = db.code().code().to_owned();
                 assert!(["28000", "22P02", "54000", "22004"].contains(&code.as_str()), "{code}: {}", db.message());
                 assert!(!db.message().contains(SECRET) && !format!("{db:?}").contains(SECRET));
+                // Long enough not to turn up by chance: the error never echoes its inputs.
+                for input in [payload, header].into_iter().flatten().filter(|s| s.len() >= 16) {
+                    assert!(!format!("{db:?}").contains(input.as_str()), "{code} echoes its input: {}", db.message());
+                }
                 assert!(!db.message().is_empty());
                 *errors.entry(code).or_default() += 1;
                 assert_eq!(billing_snapshot(&mut c), before, "a rejected delivery changed billing_state");
@@ -619,4 +625,83 @@ fn secrets_are_privileged_rotatable_and_never_shown() {
     let leaks: Vec<String> =
         pg.log().lines().filter(|l| secrets.iter().any(|s| l.contains(s))).map(str::to_owned).collect();
     assert!(leaks.is_empty(), "a secret reached the server log: {leaks:#?}");
+}
+
+/// A signed payload, otherwise a good subscription event, with `"quantity": <number>` in its
+/// subscription object, written as text (serde_json would not print these numbers).
+fn with_number(ws: &Ws, event_id: &str, number: &str) -> String {
+    let good = sub_event(&sub(event_id, now(), "sub_num", "active", ws));
+    let payload = good.replacen("\"status\":\"active\"", &format!("\"status\":\"active\",\"quantity\":{number}"), 1);
+    assert_ne!(payload, good);
+    payload
+}
+
+fn events_recorded(c: &mut Client) -> i64 {
+    c.query_one("SELECT count(*) FROM entitlements.stripe_events", &[]).unwrap().get(0)
+}
+
+/// A verified payload with a number PostgreSQL's jsonb cannot store (beyond numeric's range)
+/// is not a JSON Stripe event: 22P02, like every malformed payload, and nothing is recorded.
+/// Numbers jsonb can store, however small or large, go through.
+#[test]
+fn numbers_beyond_jsonb_range_are_malformed_payloads() {
+    let (_pg, mut c) = stripe_cluster("stripe-numbers");
+    let ws = new_workspace(&mut c);
+    let tiny = format!("0.{}1", "0".repeat(20_000));
+    // numeric holds at most 16383 digits after the decimal point.
+    for (i, number) in ["1e-99999", "1e99999", "1e-16384", "-1e-20000", tiny.as_str()].iter().enumerate() {
+        let payload = with_number(&ws, &format!("evt_num_bad_{i}"), number);
+        let header = sign(&mut c, &payload);
+        let before = (billing_snapshot(&mut c), events_recorded(&mut c));
+        let err = try_deliver(&mut c, &payload, &header).expect_err(number);
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{number}: {err}"));
+        assert_eq!(db.code().code(), "22P02", "{number}: {}", db.message());
+        assert!(db.message().contains("not a Stripe event"), "{}", db.message());
+        assert_eq!((billing_snapshot(&mut c), events_recorded(&mut c)), before, "{number} changed something");
+    }
+    for (i, number) in ["1e-300", "1e-16383", "1.5e3", "-0.0", "123456789012345678901234567890"].iter().enumerate() {
+        let payload = with_number(&ws, &format!("evt_num_ok_{i}"), number);
+        let header = sign(&mut c, &payload);
+        let (outcome, _) = try_deliver(&mut c, &payload, &header).unwrap_or_else(|e| panic!("{number}: {e}"));
+        assert!(["applied", "stale"].contains(&outcome.as_str()), "{number}: {outcome}");
+    }
+    assert_eq!(events_recorded(&mut c), 5);
+}
+
+/// A Stripe-Signature header over 8 KiB is refused with 54000 before it is parsed, with a
+/// message that names the limit and never the header; one of exactly 8 KiB is verified as usual.
+#[test]
+fn an_oversized_signature_header_is_refused_before_parsing() {
+    const LIMIT: usize = 8192;
+    let (pg, mut c) = stripe_cluster("stripe-header-limit");
+    let ws = new_workspace(&mut c);
+    let marker = "MARKERfeedface";
+    // A valid header padded with v0 entries (ignored by verification) to `len` bytes.
+    let padded = |c: &mut Client, payload: &str, len: usize| {
+        let mut h = sign(c, payload);
+        h.push_str(",v0=");
+        while h.len() < len {
+            h.push_str(marker);
+        }
+        h.truncate(len);
+        h
+    };
+
+    let at_limit = sub_event(&sub("evt_hdr_ok", now(), "sub_hdr", "active", &ws));
+    let h = padded(&mut c, &at_limit, LIMIT);
+    assert_eq!(h.len(), LIMIT);
+    assert_eq!(try_deliver(&mut c, &at_limit, &h).unwrap().0, "applied", "a header of exactly the limit");
+
+    for len in [LIMIT + 1, 40 * 1024 * 1024] {
+        let payload = sub_event(&sub(&format!("evt_hdr_{len}"), now(), "sub_hdr", "canceled", &ws));
+        let h = padded(&mut c, &payload, len);
+        let before = (billing_snapshot(&mut c), events_recorded(&mut c));
+        let err = try_deliver(&mut c, &payload, &h).expect_err("an oversized header");
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
+        assert_eq!(db.code().code(), "54000", "{}", db.message());
+        assert!(db.message().contains(&LIMIT.to_string()), "names the limit: {}", db.message());
+        assert!(!format!("{db:?}").contains(marker), "echoes the header: {}", db.message());
+        assert_eq!((billing_snapshot(&mut c), events_recorded(&mut c)), before);
+    }
+    assert!(!pg.log().contains(marker), "the header reached the server log");
 }

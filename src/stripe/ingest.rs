@@ -1,5 +1,6 @@
-//! The SQL functions of Stripe ingestion. Order of work for one delivery: bound the size, find
-//! the active secrets, verify the header, and only then read the payload; claim the event id
+//! The SQL functions of Stripe ingestion. Order of work for one delivery: bound the sizes of
+//! the payload and the header, find the active secrets, verify the header, and only then read
+//! the payload (parse it, and convert it to the jsonb it is recorded as); claim the event id
 //! (a duplicate stops there); map it to a workspace and a tier; apply it under the
 //! subscription's row lock. Linking a customer later, and replaying, go through the same
 //! `apply` as a live delivery.
@@ -98,13 +99,18 @@ fn apply_stripe_event(
     if payload.len() > max {
         errors::payload_too_large(payload.len(), max);
     }
+    // A NULL header is a request without Stripe-Signature: nothing to extract.
+    let header = signature.unwrap_or("");
+    // Bounded like the payload, before any parsing: splitting a huge header costs memory
+    // many times its size.
+    if header.len() > signature::MAX_HEADER_BYTES {
+        errors::signature_header_too_large(header.len(), signature::MAX_HEADER_BYTES);
+    }
     let secrets = store::active_secrets();
     if secrets.is_empty() {
         errors::no_webhook_secret();
     }
     let keys: Vec<&[u8]> = secrets.iter().map(|s| s.as_bytes()).collect();
-    // A NULL header is a request without Stripe-Signature: nothing to extract.
-    let header = signature.unwrap_or("");
     if let Err(e) = signature::verify(
         payload.as_bytes(),
         header,
@@ -119,7 +125,8 @@ fn apply_stripe_event(
     // Verified: from here on the payload is Stripe's.
     let event = event::parse_event(payload).unwrap_or_else(|e| errors::not_a_stripe_event(e));
     let facts = Facts::of(&event).unwrap_or_else(|e| errors::not_a_stripe_event(e));
-    let (workspace, outcome) = deliver(payload, &event, &facts);
+    let recorded = store::PayloadJsonb::convert(payload);
+    let (workspace, outcome) = deliver(&recorded, &event, &facts);
     result_row(&event, workspace, outcome)
 }
 
@@ -138,7 +145,7 @@ fn result_row(
 
 /// Claims the event id, then applies. Exactly one of several concurrent deliveries of one id
 /// gets past `record` (the others wait on the unique index and then see it taken).
-fn deliver(payload: &str, event: &Event, facts: &Facts) -> (Option<Uuid>, Outcome) {
+fn deliver(payload: &store::PayloadJsonb, event: &Event, facts: &Facts) -> (Option<Uuid>, Outcome) {
     let keys = store::EventKeys {
         event_id: &event.id,
         event_type: &event.event_type,

@@ -24,6 +24,11 @@ type HmacSha256 = Hmac<Sha256>;
 
 const EXPECTED_SCHEME: &str = "v1";
 
+/// Largest `Stripe-Signature` header accepted (8 KiB). A real one, `t=` and a few `v1=` and
+/// `v0=` values of 64 hex digits each, is well under 1 KiB; a larger one is refused (54000)
+/// before it is parsed.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+
 /// Why a header was rejected. Carries no input data, so neither the secret nor the
 /// payload can leak through `Debug`/`Display`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,18 +7,21 @@
 use super::decide::{Outcome, Tier};
 use crate::errors;
 use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys::{BuiltinOid, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiResult, SpiTupleTable};
 use pgrx::Uuid;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ffi::CString;
 
 const TEXT: PgOid = PgOid::BuiltIn(BuiltinOid::TEXTOID);
 const TEXT_ARRAY: PgOid = PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID);
 const INT8: PgOid = PgOid::BuiltIn(BuiltinOid::INT8OID);
 const UUID: PgOid = PgOid::BuiltIn(BuiltinOid::UUIDOID);
 const BOOL: PgOid = PgOid::BuiltIn(BuiltinOid::BOOLOID);
+const JSONB: PgOid = PgOid::BuiltIn(BuiltinOid::JSONBOID);
 
 /// One SQL statement with its parameter types; its address keys the plan cache.
 pub struct Stmt {
@@ -93,25 +96,66 @@ pub struct EventKeys<'a> {
     pub subscription: Option<&'a str>,
 }
 
+/// A verified payload as the jsonb it is recorded as, valid for the current call.
+pub struct PayloadJsonb(pg_sys::Datum);
+
+impl PayloadJsonb {
+    /// Converts before anything is written. serde_json (event.rs) accepts a few texts that
+    /// PostgreSQL's jsonb refuses, a number beyond `numeric`'s range such as `1e-99999`
+    /// (22003) above all; any data exception (class 22) from the conversion therefore means a
+    /// malformed payload and answers 22P02 like every other one, naming no content. Other
+    /// errors (out of memory, a cancel) pass through unchanged. Either way an ERROR follows
+    /// the caught one at once and aborts the transaction, as the original would have.
+    pub fn convert(payload: &str) -> PayloadJsonb {
+        // A text value cannot hold NUL, so this never fails; if it did, the payload is bad.
+        let Ok(text) = CString::new(payload) else {
+            errors::not_a_stripe_event("event payload contains a NUL byte")
+        };
+        let datum = PgTryBuilder::new(|| {
+            // SAFETY: jsonb_in takes one cstring argument; `text` outlives the call, and
+            // jsonb_in only reads it. It returns a jsonb palloc'd in the current memory
+            // context (which lasts for this function call) or raises an ERROR.
+            unsafe { pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(text.as_ptr().into())]) }
+        })
+        .catch_others(|e| match e {
+            CaughtError::PostgresError(ref report) if is_data_exception(report.sql_error_code()) => {
+                errors::not_a_stripe_event("event payload holds a value PostgreSQL's jsonb cannot store (such as a number beyond numeric's range)")
+            }
+            other => other.rethrow(),
+        })
+        .execute();
+        PayloadJsonb(datum.unwrap_or_else(|| errors::internal("jsonb_in returned NULL")))
+    }
+}
+
+/// SQLSTATE class 22: the low 12 bits of a packed SQLSTATE are its two class characters.
+fn is_data_exception(code: PgSqlErrorCode) -> bool {
+    const CLASS_BITS: isize = 0xFFF;
+    (code as isize) & CLASS_BITS == (PgSqlErrorCode::ERRCODE_DATA_EXCEPTION as isize) & CLASS_BITS
+}
+
 static RECORD: Stmt = Stmt {
     sql: "INSERT INTO entitlements.stripe_events
                  (event_id, event_type, created, outcome, payload, stripe_customer_id,
                   stripe_subscription_id)
-          VALUES ($1, $2, to_timestamp($3), $4, $5::jsonb, $6, $7)
+          VALUES ($1, $2, to_timestamp($3), $4, $5, $6, $7)
           ON CONFLICT (event_id) DO NOTHING
           RETURNING true",
-    args: &[TEXT, TEXT, INT8, TEXT, TEXT, TEXT, TEXT],
+    args: &[TEXT, TEXT, INT8, TEXT, JSONB, TEXT, TEXT],
 };
 
 /// Claims the event id. `false`: the id is already recorded (or was recorded by a session
 /// that committed while this one waited on the unique index): a duplicate.
-pub fn record(keys: &EventKeys<'_>, provisional: Outcome, payload: &str) -> bool {
+pub fn record(keys: &EventKeys<'_>, provisional: Outcome, payload: &PayloadJsonb) -> bool {
+    // SAFETY: the datum is a jsonb made by `PayloadJsonb::convert` in this function call's
+    // memory context, still alive while the statement runs.
+    let payload = unsafe { DatumWithOid::new(payload.0, pg_sys::JSONBOID) };
     let args = [
         keys.event_id.into(),
         keys.event_type.into(),
         keys.created.into(),
         provisional.as_str().into(),
-        payload.into(),
+        payload,
         keys.customer.into(),
         keys.subscription.into(),
     ];
@@ -407,4 +451,22 @@ pub fn write_billing(w: &BillingWrite<'_>) {
         w.subscription.into(),
     ];
     run(&WRITE_BILLING, &args, |_| Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_data_exception;
+    use pgrx::prelude::PgSqlErrorCode::*;
+
+    #[test]
+    fn data_exceptions_are_class_22_only() {
+        for code in [ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE, ERRCODE_UNTRANSLATABLE_CHARACTER,
+                     ERRCODE_INVALID_TEXT_REPRESENTATION, ERRCODE_DATA_EXCEPTION] {
+            assert!(is_data_exception(code), "{code:?}");
+        }
+        for code in [ERRCODE_PROGRAM_LIMIT_EXCEEDED, ERRCODE_QUERY_CANCELED, ERRCODE_OUT_OF_MEMORY,
+                     ERRCODE_INTERNAL_ERROR, ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION] {
+            assert!(!is_data_exception(code), "{code:?}");
+        }
+    }
 }
