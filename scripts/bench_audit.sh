@@ -5,8 +5,8 @@
 #   check_audit_on   SELECT * FROM entitlements.entitlement_check(ws, 'ccp-05')  (audit = all)
 #   check_audit_off  the same with pg_entitlements.audit = off
 #   select_1         SELECT 1
-#   seed_baseline    a PL/pgSQL function that reads billing_state and features and INSERTs an
-#                    audit row in the caller's transaction (the seed's design)
+#   insert_baseline  a PL/pgSQL function that reads billing_state and features and INSERTs an
+#                    audit row in the caller's transaction (the plain design, no background writer)
 # Installs a release build first. PG_ROOT selects a private PostgreSQL copy (setup.sh).
 #   CLIENTS=4 SECONDS_PER_RUN=10 ROUNDS=3 bash scripts/bench_audit.sh
 set -euo pipefail
@@ -34,14 +34,14 @@ psql -d app <<'SQL'
 CREATE EXTENSION pg_entitlements;
 SELECT entitlements.sync_billing_state('11111111-1111-1111-1111-111111111111', 'pro', 'active');
 
--- The seed's design: decide from the tables and write the audit row in the caller's
+-- The plain design: decide from the tables and write the audit row in the caller's
 -- transaction (what every check costs when the audit is a plain INSERT).
-CREATE TABLE public.seed_audit (
+CREATE TABLE public.inline_audit (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     checked_at timestamptz NOT NULL, workspace_id uuid NOT NULL, feature text NOT NULL,
     result boolean NOT NULL, reason_code text);
-CREATE INDEX ON public.seed_audit (workspace_id, checked_at DESC);
-CREATE FUNCTION public.seed_check(p_ws uuid, p_feature text) RETURNS boolean
+CREATE INDEX ON public.inline_audit (workspace_id, checked_at DESC);
+CREATE FUNCTION public.inline_audit_check(p_ws uuid, p_feature text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     ws_level int; ws_status text; need int; ok boolean;
@@ -53,7 +53,7 @@ BEGIN
       FROM entitlements.features f JOIN entitlements.tiers t ON t.tier = f.min_tier
      WHERE f.feature = p_feature;
     ok := coalesce(ws_status, 'none') IN ('active', 'trialing') AND coalesce(ws_level, 0) >= need;
-    INSERT INTO public.seed_audit (checked_at, workspace_id, feature, result, reason_code)
+    INSERT INTO public.inline_audit (checked_at, workspace_id, feature, result, reason_code)
     VALUES (now(), p_ws, p_feature, ok, CASE WHEN NOT ok THEN 'TIER_INSUFFICIENT' END);
     RETURN ok;
 END
@@ -62,7 +62,7 @@ SQL
 W=$DIR/workloads; mkdir -p "$W"
 echo "SELECT * FROM entitlements.entitlement_check('11111111-1111-1111-1111-111111111111', 'ccp-05');" > "$W/check.sql"
 echo "SELECT 1;" > "$W/select_1.sql"
-echo "SELECT public.seed_check('11111111-1111-1111-1111-111111111111', 'ccp-05');" > "$W/seed.sql"
+echo "SELECT public.inline_audit_check('11111111-1111-1111-1111-111111111111', 'ccp-05');" > "$W/inline.sql"
 
 run() { # name script [PGOPTIONS]
     PGOPTIONS=${3:-} "$PG_BIN/pgbench" -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" \
@@ -74,7 +74,7 @@ for r in $(seq "$ROUNDS"); do
     run check_audit_on "$W/check.sql" >> "$results"
     run check_audit_off "$W/check.sql" "-c pg_entitlements.audit=off" >> "$results"
     run select_1 "$W/select_1.sql" >> "$results"
-    run seed_baseline "$W/seed.sql" >> "$results"
+    run insert_baseline "$W/inline.sql" >> "$results"
 done
 psql -d app -c "SELECT entitlements.flush_audit()" >/dev/null
 stats=$(psql -d app -At -F ' ' -c "SELECT queued, written, dropped, pending FROM entitlements.audit_statistics()")
@@ -84,11 +84,11 @@ echo "pgbench -M prepared -c $CLIENTS -j $THREADS -T $SECONDS_PER_RUN, $ROUNDS i
 awk '{ s[$1] += $2; n[$1]++; v[$1] = v[$1] " " $2 }
      END {
        for (k in s) m[k] = s[k] / n[k];
-       order[1] = "check_audit_on"; order[2] = "check_audit_off"; order[3] = "select_1"; order[4] = "seed_baseline";
+       order[1] = "check_audit_on"; order[2] = "check_audit_off"; order[3] = "select_1"; order[4] = "insert_baseline";
        printf "%-16s %10s   %s\n", "workload", "mean tps", "per round";
        for (i = 1; i <= 4; i++) printf "%-16s %10.0f  %s\n", order[i], m[order[i]], v[order[i]];
        printf "audit on / audit off     %.3f\n", m["check_audit_on"] / m["check_audit_off"];
        printf "audit on / SELECT 1      %.3f\n", m["check_audit_on"] / m["select_1"];
-       printf "audit on / seed baseline %.2f\n", m["check_audit_on"] / m["seed_baseline"];
+       printf "audit on / INSERT baseline %.2f\n", m["check_audit_on"] / m["insert_baseline"];
      }' "$results"
 echo "audit counters (queued written dropped pending): $stats; rows in entitlement_checks: $rows"

@@ -60,7 +60,7 @@ def main():
             cap = c.execute("SELECT capacity FROM entitlements.cache_statistics()").fetchone()[0]
 
     body = f"""
-## Decision cache (issue 3)
+## Decision cache
 
 Command: `make bench` (or `scripts/bench.sh cache`), which runs `scripts/bench_cache.py` against a
 release build on a fresh cluster. Machine: {machine()}, shared with other work, so read the

@@ -41,7 +41,7 @@ pub enum AuditMode {
 pub static AUDIT: GucSetting<AuditMode> = GucSetting::<AuditMode>::new(AuditMode::All);
 
 /// Records the audit queue holds (424 bytes each, 14 MB at the default: about half a second
-/// of checks at full speed on our 2-core machines), fixed at server start.
+/// of checks at full speed on a 2-core machine), fixed at server start.
 pub static AUDIT_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32768);
 
 /// The database whose `entitlements.entitlement_checks` the audit writer fills: one

@@ -138,7 +138,8 @@ fn a_transaction_sees_its_own_change_before_commit_and_others_only_after() {
     assert!(check_c(&mut r, &ws, "ccp-05").0);
 }
 
-/// Race 1: a statement whose snapshot predates a commit must not store a stale decision.
+/// A statement whose snapshot predates a commit must not store a stale decision (rule 2 of
+/// docs/ARCHITECTURE.md: the inputs are read under a fresh snapshot).
 #[test]
 fn a_check_inside_an_old_snapshot_does_not_leave_a_stale_entry() {
     let pg = Cluster::start("cache-old-snapshot");

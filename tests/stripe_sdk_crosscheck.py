@@ -9,8 +9,8 @@ extension, and checks:
       are byte-identical to the SDK's and pass the SDK's WebhookSignature.verify_header;
   (c) tampered body, wrong secret, old timestamp, v0-only header, several v1 values with one
       valid, rotated secrets: the database accepts or rejects exactly as verify_header does,
-      with the same message (SDK suffixes " v1" and " (<t>)" are stripped; the issue names
-      the texts without them);
+      with the same message (SDK suffixes " v1" and " (<t>)" are stripped; the database
+      answers the texts without them);
   (d) a seeded random mix of header pieces, same comparison.
 Needs: stripe==16.1.0, psycopg 3, the extension installed into $PG_ROOT (cargo pgrx install).
 Prints "N passed, 0 failed" at the end.

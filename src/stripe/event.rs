@@ -359,8 +359,8 @@ fn price_like(v: &Value, f: &PriceFields, has_lookup_key: bool) -> Result<ItemFa
     })
 }
 
-/// Facts of a `checkout.session` object. Unlike the brief's plain return this is
-/// a `Result`: a session without an `id` has no sensible default.
+/// Facts of a `checkout.session` object. A `Result`, unlike `invoice_facts`: a session
+/// without an `id` has no sensible default.
 pub fn checkout_facts(obj: &Value) -> Result<CheckoutFacts, EventError> {
     let o = expect_object(obj, "checkout.session")?;
     let metadata_workspace_id = match optional_obj(o, "metadata", "metadata")? {
