@@ -1,5 +1,5 @@
--- pg_entitlements: the write paths, the triggers that keep derived state right, row-level
--- security, views and grants. Runs after the Rust functions exist (finalize).
+-- pg_entitlements: the write paths, the triggers that keep derived state right, and views.
+-- Row-level security and grants are in sql/security.sql, which runs last.
 --
 -- Every SECURITY DEFINER function pins search_path, so objects planted in public cannot
 -- hijack it. Errors use the SQLSTATEs listed in the README (22023 bad value, 22004 NULL).
@@ -17,46 +17,34 @@ AS $$
 $$;
 
 -- ---------------------------------------------------------------------------------------
--- The matrix: entitlements.entitlements follows the resolver, row for row.
+-- The matrix, entitlements.entitlements, is a view over the resolver (below, with the other
+-- views): it is never stale, costs nothing to keep, and a catalog edit does not depend on the
+-- number of workspaces. refresh_entitlements() is kept for scripts that call it.
 -- ---------------------------------------------------------------------------------------
-CREATE FUNCTION entitlements.resync_workspace(p_workspace_id uuid) RETURNS void
+CREATE FUNCTION entitlements.refresh_entitlements() RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT 0::bigint $$;
+
+-- Registering an already registered workspace is a no-op that keeps the earliest
+-- registration time (so registering again, and a restore that meets a workspace registered by
+-- a trigger during the same restore, agree).
+CREATE FUNCTION entitlements.workspaces_register_once() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM entitlements.workspaces WHERE workspace_id = p_workspace_id) THEN
-        RETURN;
+    UPDATE entitlements.workspaces w SET registered_at = NEW.registered_at
+     WHERE w.workspace_id = NEW.workspace_id AND w.registered_at > NEW.registered_at;
+    IF FOUND OR EXISTS (SELECT 1 FROM entitlements.workspaces w WHERE w.workspace_id = NEW.workspace_id) THEN
+        RETURN NULL;
     END IF;
-    INSERT INTO entitlements.entitlements AS e
-           (workspace_id, feature, tier, enabled, reason_code, valid_until, updated_at)
-    SELECT p_workspace_id, d.feature, d.tier, d.enabled, d.reason, d.valid_until, now()
-      FROM entitlements.decide_all(p_workspace_id) d
-    ON CONFLICT (workspace_id, feature) DO UPDATE
-       SET tier = EXCLUDED.tier, enabled = EXCLUDED.enabled, reason_code = EXCLUDED.reason_code,
-           valid_until = EXCLUDED.valid_until, updated_at = EXCLUDED.updated_at
-     WHERE (e.tier, e.enabled, e.reason_code, e.valid_until)
-           IS DISTINCT FROM (EXCLUDED.tier, EXCLUDED.enabled, EXCLUDED.reason_code, EXCLUDED.valid_until);
+    RETURN NEW;
 END
 $$;
 
--- Matrix rows whose decision the clock alone has changed (a trial ended, a grace ran out, an
--- override expired). Returns how many workspaces were resynced.
-CREATE FUNCTION entitlements.refresh_entitlements() RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    n bigint := 0;
-    ws uuid;
-BEGIN
-    FOR ws IN SELECT DISTINCT workspace_id FROM entitlements.entitlements
-               WHERE valid_until <= clock_timestamp() LOOP
-        PERFORM entitlements.resync_workspace(ws);
-        n := n + 1;
-    END LOOP;
-    RETURN n;
-END
-$$;
+CREATE TRIGGER workspaces_register_once BEFORE INSERT ON entitlements.workspaces
+    FOR EACH ROW EXECUTE FUNCTION entitlements.workspaces_register_once();
 
 CREATE FUNCTION entitlements.register_workspace(workspace_id uuid) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
@@ -68,7 +56,6 @@ BEGIN
     END IF;
     INSERT INTO entitlements.workspaces AS w (workspace_id) VALUES (register_workspace.workspace_id)
     ON CONFLICT DO NOTHING;
-    PERFORM entitlements.resync_workspace(register_workspace.workspace_id);
 END
 $$;
 
@@ -86,71 +73,31 @@ BEGIN
     ELSE
         NEW.past_due_since := NULL;
     END IF;
-    NEW.updated_at := now();
+    -- A new row keeps the updated_at it was given (the default is now(); a restore gives
+    -- the original); a change is stamped now.
+    IF TG_OP = 'UPDATE' THEN
+        NEW.updated_at := now();
+    END IF;
     RETURN NEW;
 END
 $$;
 
+-- A workspace with billing state is a registered workspace.
 CREATE FUNCTION entitlements.billing_state_after() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO entitlements.workspaces (workspace_id) VALUES (NEW.workspace_id)
-        ON CONFLICT DO NOTHING;
-        PERFORM entitlements.resync_workspace(NEW.workspace_id);
-    END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') AND (TG_OP = 'DELETE' OR OLD.workspace_id <> NEW.workspace_id) THEN
-        PERFORM entitlements.resync_workspace(OLD.workspace_id);
-    END IF;
+    INSERT INTO entitlements.workspaces (workspace_id) VALUES (NEW.workspace_id)
+    ON CONFLICT DO NOTHING;
     RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER billing_state_before BEFORE INSERT OR UPDATE ON entitlements.billing_state
     FOR EACH ROW EXECUTE FUNCTION entitlements.billing_state_before();
-CREATE TRIGGER billing_state_after AFTER INSERT OR UPDATE OR DELETE ON entitlements.billing_state
+CREATE TRIGGER billing_state_after AFTER INSERT OR UPDATE OF workspace_id ON entitlements.billing_state
     FOR EACH ROW EXECUTE FUNCTION entitlements.billing_state_after();
-
-CREATE FUNCTION entitlements.overrides_after() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF TG_OP <> 'DELETE' THEN
-        PERFORM entitlements.resync_workspace(NEW.workspace_id);
-    END IF;
-    IF TG_OP = 'DELETE' OR OLD.workspace_id <> NEW.workspace_id THEN
-        PERFORM entitlements.resync_workspace(OLD.workspace_id);
-    END IF;
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER overrides_after AFTER INSERT OR UPDATE OR DELETE ON entitlements.overrides
-    FOR EACH ROW EXECUTE FUNCTION entitlements.overrides_after();
-
--- A catalog edit (tiers or features) can change every workspace's matrix.
-CREATE FUNCTION entitlements.catalog_after() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM entitlements.resync_workspace(w.workspace_id) FROM entitlements.workspaces w;
-    RETURN NULL;
-END
-$$;
-
--- TRUNCATE fires no row triggers: resync everything.
-CREATE TRIGGER billing_state_truncate AFTER TRUNCATE ON entitlements.billing_state
-    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.catalog_after();
-CREATE TRIGGER overrides_truncate AFTER TRUNCATE ON entitlements.overrides
-    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.catalog_after();
-CREATE TRIGGER tiers_after AFTER INSERT OR UPDATE OR DELETE ON entitlements.tiers
-    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.catalog_after();
-CREATE TRIGGER features_after AFTER INSERT OR UPDATE OR DELETE ON entitlements.features
-    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.catalog_after();
 
 -- ---------------------------------------------------------------------------------------
 -- The shared decision cache follows transactions: any statement that changes an input of the
@@ -318,7 +265,18 @@ BEGIN
         RAISE EXCEPTION 'pg_entitlements: column "%" of % is %, not uuid', id_column, tbl, col_type
             USING ERRCODE = '22023';
     END IF;
-    EXECUTE format('DROP TRIGGER IF EXISTS entitlements_register_workspace ON %s', tbl);
+    -- This function runs as the extension's owner: it must not become a way to put a trigger
+    -- on (and read the ids of) a table the calling session could not alter itself.
+    IF NOT pg_catalog.pg_has_role(session_user,
+                                  (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = tbl),
+                                  'USAGE') THEN
+        RAISE EXCEPTION 'pg_entitlements: must be the owner of table % to attach it', tbl
+            USING ERRCODE = '42501';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                WHERE t.tgrelid = tbl AND t.tgname = 'entitlements_register_workspace') THEN
+        EXECUTE format('DROP TRIGGER entitlements_register_workspace ON %s', tbl);
+    END IF;
     EXECUTE format('CREATE TRIGGER entitlements_register_workspace AFTER INSERT ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION entitlements.register_workspace_trigger(%L)',
                    tbl, id_column);
@@ -331,6 +289,15 @@ $$;
 -- ---------------------------------------------------------------------------------------
 -- Views. security_invoker: a member sees the rows of their own workspaces only.
 -- ---------------------------------------------------------------------------------------
+-- The per-workspace feature matrix: one row per (registered workspace, catalog feature),
+-- decided now by the same resolver as the checks. valid_until: when the decision may change by
+-- the clock alone (trial end, grace end, override expiry); updated_at: when it was evaluated.
+CREATE VIEW entitlements.entitlements WITH (security_invoker = true) AS
+SELECT w.workspace_id, d.feature, d.tier, d.enabled, d.reason AS reason_code, d.valid_until,
+       pg_catalog.clock_timestamp() AS updated_at
+  FROM entitlements.workspaces w
+ CROSS JOIN LATERAL entitlements.decide_all(w.workspace_id) d;
+
 CREATE VIEW entitlements.entitlements_current WITH (security_invoker = true) AS
 SELECT w.workspace_id, d.feature, d.tier, d.valid_until
   FROM entitlements.workspaces w
@@ -353,56 +320,3 @@ SELECT w.workspace_id,
        b.updated_at
   FROM entitlements.workspaces w
   LEFT JOIN entitlements.billing_state b ON b.workspace_id = w.workspace_id;
-
--- ---------------------------------------------------------------------------------------
--- Row-level security: members read their own workspaces' rows; nobody but privileged roles
--- writes directly (there are no write grants); writes go through the functions above.
--- ---------------------------------------------------------------------------------------
-ALTER TABLE entitlements.tiers ENABLE ROW LEVEL SECURITY;
-ALTER TABLE entitlements.features ENABLE ROW LEVEL SECURITY;
-ALTER TABLE entitlements.workspaces ENABLE ROW LEVEL SECURITY;
-ALTER TABLE entitlements.billing_state ENABLE ROW LEVEL SECURITY;
-ALTER TABLE entitlements.entitlements ENABLE ROW LEVEL SECURITY;
-ALTER TABLE entitlements.overrides ENABLE ROW LEVEL SECURITY;
-ALTER TABLE entitlements.workspace_members ENABLE ROW LEVEL SECURITY;
-
-CREATE POLICY catalog_is_public ON entitlements.tiers FOR SELECT USING (true);
-CREATE POLICY catalog_is_public ON entitlements.features FOR SELECT USING (true);
-CREATE POLICY members_read ON entitlements.workspaces FOR SELECT
-    USING (entitlements.is_member(workspace_id));
-CREATE POLICY members_read ON entitlements.billing_state FOR SELECT
-    USING (entitlements.is_member(workspace_id));
-CREATE POLICY members_read ON entitlements.entitlements FOR SELECT
-    USING (entitlements.is_member(workspace_id));
-CREATE POLICY members_read ON entitlements.overrides FOR SELECT
-    USING (entitlements.is_member(workspace_id));
-CREATE POLICY own_memberships ON entitlements.workspace_members FOR SELECT
-    USING (user_id = entitlements.current_user_id());
-
-GRANT USAGE ON SCHEMA entitlements TO PUBLIC;
-GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspaces,
-                entitlements.billing_state, entitlements.entitlements, entitlements.overrides,
-                entitlements.workspace_members, entitlements.entitlements_current,
-                entitlements.billing_status_current
-   TO PUBLIC;
-
--- Admin functions: the DBA grants EXECUTE to the roles that administer billing.
-REVOKE EXECUTE ON FUNCTION
-    entitlements.sync_billing_state(uuid, text, text, timestamptz, timestamptz, boolean),
-    entitlements.set_override(uuid, text, boolean, timestamptz, text),
-    entitlements.clear_override(uuid, text),
-    entitlements.register_workspace(uuid),
-    entitlements.attach_workspace_table(regclass, name),
-    entitlements.resync_workspace(uuid),
-    entitlements.refresh_entitlements(),
-    entitlements.register_workspace_trigger(),
-    entitlements.billing_state_after(),
-    entitlements.overrides_after(),
-    entitlements.catalog_after(),
-    entitlements.cache_invalidate_trigger(),
-    entitlements.note_decision_inputs_changed(oid),
-    entitlements.cache_entries(),
-    entitlements.invalidate_workspace_cache(uuid),
-    entitlements.clear_cache()
-  FROM PUBLIC;
-REVOKE ALL ON entitlements.entitlement_cache FROM PUBLIC;

@@ -1,8 +1,9 @@
 -- pg_entitlements audit trail: one row per audited check, written by the audit writer (a
 -- background worker) outside the caller's transaction. Append-only for every role: a
--- statement trigger refuses UPDATE, DELETE, TRUNCATE and direct INSERTs (the writer and
--- entitlements.prune_audit are the only exceptions), and forced RLS lets members read
--- their own workspaces' rows only.
+-- statement trigger refuses UPDATE, DELETE, TRUNCATE and direct INSERTs (the writer,
+-- entitlements.prune_audit and a superuser loading an empty trail, as a restore does, are the
+-- only exceptions), and forced RLS lets members read
+-- their own workspaces' rows only. Grants are in sql/security.sql.
 
 CREATE TABLE entitlements.entitlement_checks (
     id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1000),  -- the writer inserts thousands a second
@@ -14,14 +15,22 @@ CREATE TABLE entitlements.entitlement_checks (
     reason_code text,
     cached boolean NOT NULL,
     user_agent text,
-    ip_address inet
+    ip_address inet,
+    session_role text,        -- the database role of the session (session_user)
+    connection_addr inet      -- the connection's own address (inet_client_addr())
 );
+-- pg_dump keeps the trail (and where its ids stand); the guard below lets a superuser load
+-- rows into an empty trail, which is what a restore does.
+SELECT pg_catalog.pg_extension_config_dump('entitlements.entitlement_checks', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.entitlement_checks_id_seq', '');
 CREATE INDEX entitlement_checks_workspace_time_idx
     ON entitlements.entitlement_checks (workspace_id, checked_at DESC);
 
 CREATE TRIGGER entitlement_checks_append_only
     BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.entitlement_checks
     FOR EACH STATEMENT EXECUTE FUNCTION entitlements.entitlement_checks_append_only();
+-- ALWAYS: session_replication_role = replica must not switch the guard off.
+ALTER TABLE entitlements.entitlement_checks ENABLE ALWAYS TRIGGER entitlement_checks_append_only;
 
 ALTER TABLE entitlements.entitlement_checks ENABLE ROW LEVEL SECURITY;
 ALTER TABLE entitlements.entitlement_checks FORCE ROW LEVEL SECURITY;
@@ -51,8 +60,3 @@ SELECT workspace_id,
   FROM entitlements.entitlement_checks
  WHERE NOT result AND checked_at >= now() - interval '30 days'
  GROUP BY workspace_id, reason_code;
-
-GRANT SELECT ON entitlements.entitlement_checks, entitlements.entitlement_checks_summary,
-                entitlements.denials_by_reason
-   TO PUBLIC;
-REVOKE EXECUTE ON FUNCTION entitlements.prune_audit(interval) FROM PUBLIC;

@@ -23,7 +23,7 @@ CREATE TABLE entitlements.features (
     description text
 );
 
--- Registered workspaces: the rows of the entitlement matrix exist for these.
+-- Registered workspaces: the rows of the entitlement matrix (a view) exist for these.
 CREATE TABLE entitlements.workspaces (
     workspace_id uuid PRIMARY KEY,
     registered_at timestamptz NOT NULL DEFAULT now()
@@ -41,20 +41,6 @@ CREATE TABLE entitlements.billing_state (
     cancel_at_period_end boolean NOT NULL DEFAULT false,
     past_due_since timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now()
-);
-
--- The per-workspace feature matrix: one row per (registered workspace, catalog feature),
--- kept in step with the resolver by triggers. valid_until: when the stored decision may
--- change by the clock alone (trial end, grace end, override expiry).
-CREATE TABLE entitlements.entitlements (
-    workspace_id uuid NOT NULL,
-    feature text NOT NULL REFERENCES entitlements.features ON UPDATE CASCADE ON DELETE CASCADE,
-    tier text,
-    enabled boolean NOT NULL,
-    reason_code text,
-    valid_until timestamptz,
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (workspace_id, feature)
 );
 
 CREATE TABLE entitlements.overrides (
@@ -75,34 +61,44 @@ CREATE TABLE entitlements.workspace_members (
 );
 CREATE INDEX workspace_members_user_idx ON entitlements.workspace_members (user_id);
 
-INSERT INTO entitlements.tiers (tier, level, description) VALUES
-    ('free', 0, 'No subscription needed'),
-    ('pro', 1, 'Pro plan'),
-    ('pro_plus', 2, 'Pro Plus plan'),
-    ('portfolio', 3, 'Portfolio plan'),
-    ('enterprise', 4, 'Enterprise plan');
+-- The seed catalog. A restore from pg_dump brings the catalog as the admin left it (edits,
+-- additions, deletions), and re-seeding would collide with it: every pg_dump script sets
+-- row_security = off before it creates extensions, which ordinary sessions never do, so the
+-- seed is skipped there (docs/OPERATIONS.md).
+DO $seed$
+BEGIN
+    IF pg_catalog.current_setting('row_security') OPERATOR(pg_catalog.=) 'off' THEN
+        RETURN;
+    END IF;
+    INSERT INTO entitlements.tiers (tier, level, description) VALUES
+        ('free', 0, 'No subscription needed'),
+        ('pro', 1, 'Pro plan'),
+        ('pro_plus', 2, 'Pro Plus plan'),
+        ('portfolio', 3, 'Portfolio plan'),
+        ('enterprise', 4, 'Enterprise plan');
 
-INSERT INTO entitlements.features (feature, min_tier, description) VALUES
-    ('ccp-01', 'free', 'Workspace dashboard'),
-    ('ccp-02', 'free', 'Single project'),
-    ('ccp-03', 'free', 'Community support'),
-    ('ccp-04', 'pro', 'Unlimited projects'),
-    ('ccp-05', 'pro', 'Data export'),
-    ('ccp-06', 'pro', 'Custom domains'),
-    ('ccp-07', 'pro_plus', 'Team roles'),
-    ('ccp-08', 'pro_plus', 'Scheduled reports'),
-    ('ccp-09', 'pro_plus', 'API access'),
-    ('ccp-10', 'portfolio', 'Multiple portfolios'),
-    ('ccp-11', 'portfolio', 'Cross-portfolio analytics'),
-    ('ccp-12', 'portfolio', 'Priority support'),
-    ('ccp-13', 'enterprise', 'Single sign-on'),
-    ('ccp-14', 'enterprise', 'Audit exports');
+    INSERT INTO entitlements.features (feature, min_tier, description) VALUES
+        ('ccp-01', 'free', 'Workspace dashboard'),
+        ('ccp-02', 'free', 'Single project'),
+        ('ccp-03', 'free', 'Community support'),
+        ('ccp-04', 'pro', 'Unlimited projects'),
+        ('ccp-05', 'pro', 'Data export'),
+        ('ccp-06', 'pro', 'Custom domains'),
+        ('ccp-07', 'pro_plus', 'Team roles'),
+        ('ccp-08', 'pro_plus', 'Scheduled reports'),
+        ('ccp-09', 'pro_plus', 'API access'),
+        ('ccp-10', 'portfolio', 'Multiple portfolios'),
+        ('ccp-11', 'portfolio', 'Cross-portfolio analytics'),
+        ('ccp-12', 'portfolio', 'Priority support'),
+        ('ccp-13', 'enterprise', 'Single sign-on'),
+        ('ccp-14', 'enterprise', 'Audit exports');
+END
+$seed$;
 
 -- pg_dump keeps user data (and the catalog as the admin edited it).
 SELECT pg_catalog.pg_extension_config_dump('entitlements.tiers', '');
 SELECT pg_catalog.pg_extension_config_dump('entitlements.features', '');
 SELECT pg_catalog.pg_extension_config_dump('entitlements.workspaces', '');
 SELECT pg_catalog.pg_extension_config_dump('entitlements.billing_state', '');
-SELECT pg_catalog.pg_extension_config_dump('entitlements.entitlements', '');
 SELECT pg_catalog.pg_extension_config_dump('entitlements.overrides', '');
 SELECT pg_catalog.pg_extension_config_dump('entitlements.workspace_members', '');

@@ -14,6 +14,17 @@ CREATE TABLE entitlements.webhook_secrets (
     expires_at timestamptz
 );
 
+-- No histogram or most-common-values list of the secrets in pg_statistic: a revoked secret
+-- must not live on there.
+ALTER TABLE entitlements.webhook_secrets ALTER COLUMN secret SET STATISTICS 0;
+
+-- One row per Stripe customer ever seen: apply_stripe_event locks it (FOR UPDATE) to
+-- serialise the deliveries of one customer. Only the extension writes it, so no other role
+-- can hold the lock.
+CREATE TABLE entitlements.stripe_customer_locks (
+    customer_id text PRIMARY KEY
+);
+
 -- Which tier a Stripe price (id or lookup_key) or product buys.
 CREATE TABLE entitlements.stripe_price_tiers (
     stripe_id text PRIMARY KEY,
@@ -106,9 +117,10 @@ ALTER TABLE entitlements.stripe_price_tiers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE entitlements.stripe_customers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE entitlements.stripe_subscriptions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE entitlements.stripe_events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.stripe_customer_locks ENABLE ROW LEVEL SECURITY;
 REVOKE ALL ON entitlements.webhook_secrets, entitlements.stripe_price_tiers,
               entitlements.stripe_customers, entitlements.stripe_subscriptions,
-              entitlements.stripe_events
+              entitlements.stripe_events, entitlements.stripe_customer_locks
   FROM PUBLIC;
 
 -- The DBA grants apply_stripe_event to the webhook role, the others to billing admins.
@@ -127,3 +139,4 @@ SELECT pg_catalog.pg_extension_config_dump('entitlements.stripe_price_tiers', ''
 SELECT pg_catalog.pg_extension_config_dump('entitlements.stripe_customers', '');
 SELECT pg_catalog.pg_extension_config_dump('entitlements.stripe_subscriptions', '');
 SELECT pg_catalog.pg_extension_config_dump('entitlements.stripe_events', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.stripe_events_arrival_seq', '');

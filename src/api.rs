@@ -4,6 +4,8 @@
 use crate::cache::{self, table::{Entry, Key}};
 use crate::catalog::{self, FeatureInputs};
 use crate::resolver::{self, Decision};
+use crate::pgutil::{now, require, timestamptz};
+use crate::spi_read::Snapshot;
 use crate::{audit, errors, gucs, identity};
 use pgrx::prelude::*;
 use pgrx::Uuid;
@@ -16,11 +18,6 @@ pub struct Checked {
     pub cached: bool,
     pub cache_ttl_remaining: Option<i32>,
     pub resolved_at: i64,
-}
-
-pub fn now() -> i64 {
-    // SAFETY: reads the clock; no preconditions.
-    unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
 pub fn resolve(inputs: &FeatureInputs, now: i64, past_due_grace: i64) -> Decision {
@@ -73,7 +70,7 @@ pub fn check_one(workspace_id: Uuid, feature: &str) -> Option<Checked> {
             return Some(from_cache(feature, &e, now));
         }
     }
-    let inputs = read_inputs(|| catalog::feature_inputs(workspace_id, feature))?;
+    let inputs = cache::read_decision_inputs(|s| catalog::feature_inputs(workspace_id, feature, s))?;
     let decision = resolve(&inputs, now, grace);
     Some(computed(inputs, decision, now, reader.as_ref(), &workspace_id))
 }
@@ -101,33 +98,15 @@ pub fn check_all(workspace_id: Uuid) -> Vec<Checked> {
         .collect()
 }
 
-/// Decision inputs are read from the latest committed state, unless this transaction changed
-/// them itself (then from its own view, which includes its changes). See cache/mod.rs.
-fn read_inputs<R>(read: impl FnOnce() -> R) -> R {
-    if cache::in_changed_transaction() {
-        read()
-    } else {
-        cache::with_latest_snapshot(read)
-    }
-}
-
 /// Every feature's decision from one catalog read, uncached (with its `valid_until`).
 fn decide_all_uncached(workspace_id: Uuid, now: i64, grace: i64) -> Vec<(FeatureInputs, Decision)> {
-    read_inputs(|| catalog::all_feature_inputs(workspace_id))
+    cache::read_decision_inputs(|s: Snapshot| catalog::all_feature_inputs(workspace_id, s))
         .into_iter()
         .map(|inputs| {
             let d = resolve(&inputs, now, grace);
             (inputs, d)
         })
         .collect()
-}
-
-pub(crate) fn or_internal<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| errors::internal(e))
-}
-
-fn timestamptz(t: i64) -> TimestampWithTimeZone {
-    or_internal(TimestampWithTimeZone::try_from(t))
 }
 
 /// The `check_result` row as a composite datum, formed directly (the hot path: no per-call
@@ -183,8 +162,17 @@ unsafe impl pgrx::callconv::BoxRet for CheckResultRow {
     }
 }
 
-pub(crate) fn require<T>(value: Option<T>, name: &str) -> T {
-    value.unwrap_or_else(|| errors::null_argument(name))
+/// What the audit records of one answered check, at the time of the check (not the time
+/// its cached decision was made).
+fn audited(workspace_id: Uuid, c: &Checked) -> audit::Check<'_> {
+    audit::Check {
+        checked_at: now(),
+        workspace_id: *workspace_id.as_bytes(),
+        feature: &c.feature,
+        enabled: c.decision.enabled,
+        reason: c.decision.reason,
+        cached: c.cached,
+    }
 }
 
 /// The audited check: one row for one feature.
@@ -198,7 +186,7 @@ fn entitlement_check(
     let feature = require(feature, "feature");
     identity::authorize(workspace_id);
     let checked = check_one(workspace_id, feature).unwrap_or_else(|| errors::unknown_feature(feature));
-    audit::record(workspace_id, &checked);
+    audit::record(&audited(workspace_id, &checked));
     // The descriptor is built once per call site and kept in fn_extra (in fn_mcxt, which
     // lives as long as the call site), so a cached check forms one tuple and nothing else.
     // SAFETY: fcinfo is this call's; fn_extra is ours to use for this function.
@@ -227,7 +215,7 @@ fn entitlement_check_all(
     let tupdesc = unsafe { pg_sys::CreateTupleDescCopy(result_tupdesc(fcinfo)) };
     // Each row is recorded as it is returned (rows a LIMIT never fetches are not checks).
     SetOfIterator::new(check_all(workspace_id).into_iter().map(move |checked| {
-        audit::record(workspace_id, &checked);
+        audit::record(&audited(workspace_id, &checked));
         // SAFETY: tupdesc is check_result's, from this function's declared result type.
         CheckResultRow(unsafe { check_result_datum(tupdesc, &checked) })
     }))
@@ -240,11 +228,7 @@ fn entitlement_check_all(
 #[pg_extern(stable, parallel_restricted)]
 fn has_entitlement(workspace_id: Option<Uuid>, feature: Option<&str>) -> bool {
     let (Some(workspace_id), Some(feature)) = (workspace_id, feature) else { return false };
-    match identity::may_ask(workspace_id) {
-        None => errors::no_identity(),
-        Some(false) => false,
-        Some(true) => check_one(workspace_id, feature).is_some_and(|c| c.decision.enabled),
-    }
+    identity::may_ask(workspace_id) && check_one(workspace_id, feature).is_some_and(|c| c.decision.enabled)
 }
 
 /// The caller identity that RLS policies compare with `workspace_members.user_id`.

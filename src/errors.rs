@@ -32,20 +32,20 @@ pub fn unknown_feature(feature: &str) -> ! {
 }
 
 /// 28000: a non-privileged caller without an identity (the "401").
-pub fn no_identity() -> ! {
+pub fn no_identity(hint: &str) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
         "pg_entitlements: no caller identity".into(),
-        Some("SET LOCAL pg_entitlements.user_id = '<user>' (or request.jwt.claims with a \"sub\") before checking."),
+        Some(hint),
     )
 }
 
 /// 42501: a caller who is not a member of the workspace (the "403").
-pub fn not_a_member(workspace_id: &str) -> ! {
+pub fn not_a_member(workspace_id: &str, user_id: &str) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-        format!("pg_entitlements: caller is not a member of workspace {workspace_id}"),
-        None,
+        format!("pg_entitlements: user \"{user_id}\" is not a member of workspace {workspace_id}"),
+        Some("Members are the rows of entitlements.workspace_members."),
     )
 }
 
@@ -150,5 +150,15 @@ pub fn prune_requires_superuser() -> ! {
         PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         "pg_entitlements: only a superuser may prune the audit trail".into(),
         None,
+    )
+}
+
+/// 55P03: another delivery for the same Stripe customer held its lock past
+/// pg_entitlements.stripe_lock_timeout; nothing was changed, the webhook layer retries.
+pub fn stripe_customer_busy(customer: &str, timeout_ms: i32) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+        format!("pg_entitlements: Stripe customer \"{customer}\" is busy: another transaction held its lock for more than {timeout_ms} ms"),
+        Some("Nothing was applied; deliver the event again (Stripe retries failed deliveries). pg_entitlements.stripe_lock_timeout sets the wait."),
     )
 }

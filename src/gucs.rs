@@ -8,7 +8,30 @@ use std::ffi::CString;
 pub static PAST_DUE_GRACE: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 
 /// The caller's identity for membership checks (`SET LOCAL pg_entitlements.user_id = '...'`).
+/// Superuser-context: only roles granted SET on it (`entitlements_app` is, by the extension)
+/// may assert an identity, so a role that merely connects cannot claim to be a user.
 pub static USER_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Where the caller's identity may come from.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum IdentitySource {
+    /// `pg_entitlements.user_id` only.
+    #[name = c"setting"]
+    Setting,
+    /// The `sub` of `request.jwt.claims` only (PostgREST, Supabase).
+    #[name = c"jwt"]
+    Jwt,
+    /// `pg_entitlements.user_id`, else the JWT's `sub`.
+    #[name = c"both"]
+    Both,
+}
+
+/// Superuser-only: which identity sources count.
+pub static IDENTITY_SOURCE: GucSetting<IdentitySource> = GucSetting::<IdentitySource>::new(IdentitySource::Both);
+
+/// How long apply_stripe_event waits for another delivery of the same customer, in
+/// milliseconds, before it fails with 55P03 (so a stuck transaction fails fast).
+pub static STRIPE_LOCK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5000);
 
 /// Entries in the shared decision cache (0: no cache). Sizes shared memory: restart to change.
 pub static CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(65536);
@@ -40,7 +63,7 @@ pub enum AuditMode {
 /// Superuser-only: a session must not be able to switch off the record of its own checks.
 pub static AUDIT: GucSetting<AuditMode> = GucSetting::<AuditMode>::new(AuditMode::All);
 
-/// Records the audit queue holds (424 bytes each, 14 MB at the default: about half a second
+/// Records the audit queue holds (552 bytes each, 18 MB at the default: about half a second
 /// of checks at full speed on a 2-core machine), fixed at server start.
 pub static AUDIT_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32768);
 
@@ -53,9 +76,37 @@ pub static AUDIT_DATABASE: GucSetting<Option<CString>> =
 pub static USER_AGENT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// The end user's address as the application saw it; recorded as ip_address (else the
-/// connection's address). Not an inet GUC: a bad value must not fail a check, so it is
-/// validated when recorded and recorded as NULL.
+/// connection's address). Validated by PostgreSQL's own `inet` parser when it is set, so no
+/// value that reaches the audit writer can fail its INSERT.
 pub static CLIENT_IP: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// The check hook of `pg_entitlements.client_ip`: what `inet` accepts, nothing else (and no
+/// longer than an audit record holds).
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_client_ip(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pgrx::pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a pointer to the proposed value (a C string or NULL).
+    let value = unsafe { (*newval).as_ref().map(|p| std::ffi::CStr::from_ptr(p)) };
+    match value {
+        None => true,
+        Some(v) if v.is_empty() => true,
+        Some(v) => {
+            let valid = crate::audit::canonical_inet(v).is_some();
+            if !valid {
+                // SAFETY: the GUC machinery reads this palloc'd message right after we return.
+                unsafe {
+                    pgrx::pg_sys::GUC_check_errdetail_string = pgrx::pg_sys::pstrdup(
+                        c"pg_entitlements.client_ip must be an inet value (an IPv4 or IPv6 address, optionally with a /netmask).".as_ptr(),
+                    );
+                }
+            }
+            valid
+        }
+    }
+}
 
 pub fn init() {
     // A postmaster-context setting can only be defined while the postmaster loads us
@@ -112,10 +163,28 @@ fn define_the_rest() {
     GucRegistry::define_string_guc(
         c"pg_entitlements.user_id",
         c"The identity of the user the application acts for.",
-        c"Checks by non-privileged roles need it (else the sub claim of request.jwt.claims).",
+        c"Checks by non-privileged roles need it (else the sub claim of request.jwt.claims). Settable by roles granted SET on it, such as members of entitlements_app.",
         &USER_ID,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"pg_entitlements.identity_source",
+        c"Where the caller's identity comes from: setting, jwt or both.",
+        c"setting: pg_entitlements.user_id; jwt: the sub of request.jwt.claims; both: the setting, else the JWT.",
+        &IDENTITY_SOURCE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_entitlements.stripe_lock_timeout",
+        c"How long apply_stripe_event waits for another delivery of the same customer.",
+        c"Past it the call fails with SQLSTATE 55P03 and changes nothing; the webhook layer retries.",
+        &STRIPE_LOCK_TIMEOUT,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"pg_entitlements.stripe_tolerance",
@@ -159,14 +228,20 @@ fn define_audit_gucs() {
         GucContext::Userset,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"pg_entitlements.client_ip",
-        c"The end user's IP address, recorded with each audited check.",
-        c"Defaults to the connection's address; an invalid value is recorded as NULL.",
-        &CLIENT_IP,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
+    // SAFETY: a static setting and a check hook that is a valid #[pg_guard] function.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"pg_entitlements.client_ip",
+            c"The end user's IP address, recorded with each audited check.",
+            c"Defaults to the connection's address. Must be an inet value.",
+            &CLIENT_IP,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_client_ip),
+            None,
+            None,
+        );
+    }
     // Server-start settings can only be defined while the library is preloaded (Postgres
     // refuses them later, e.g. when CREATE EXTENSION loads it); without preload there is no
     // queue and no writer for them to size or direct.

@@ -16,32 +16,74 @@ pub fn is_privileged() -> bool {
     }
 }
 
-/// The identity the application set for this transaction, if any.
+/// The identity the application set for this transaction, if any, from the sources
+/// `pg_entitlements.identity_source` allows.
 pub fn current_user_id() -> Option<String> {
-    if let Some(id) = gucs::USER_ID.get() {
-        let id = id.to_string_lossy();
-        if !id.is_empty() {
-            return Some(id.into_owned());
-        }
-    }
-    jwt_sub()
+    asserted_identity().ok()
 }
 
-fn jwt_sub() -> Option<String> {
+/// Why no identity could be found: each answer names the mistake (for the 28000 hint).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Missing {
+    /// Nothing set in any allowed source.
+    Unset,
+    /// `request.jwt.claims` is set but is not a JSON object.
+    ClaimsNotJson,
+    /// The claims have no `sub`, or it is not a non-empty string without NUL characters.
+    BadSub,
+}
+
+/// The identity, or why there is none.
+pub fn asserted_identity() -> Result<String, Missing> {
+    use crate::gucs::IdentitySource;
+    let source = gucs::IDENTITY_SOURCE.get();
+    if source != IdentitySource::Jwt {
+        if let Some(id) = gucs::USER_ID.get() {
+            let id = id.to_string_lossy();
+            if !id.is_empty() {
+                return Ok(id.into_owned());
+            }
+        }
+    }
+    if source == IdentitySource::Setting {
+        return Err(Missing::Unset);
+    }
+    match jwt_claims() {
+        None => Err(Missing::Unset),
+        Some(claims) => sub_claim(&claims),
+    }
+}
+
+fn jwt_claims() -> Option<String> {
     // SAFETY: GetConfigOption with missing_ok returns NULL or a NUL-terminated string that
     // stays valid until the setting changes; we copy it out at once.
     let raw = unsafe { pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false) };
     if raw.is_null() {
         return None;
     }
-    let claims = unsafe { CStr::from_ptr(raw) }.to_str().ok()?;
-    sub_claim(claims)
+    let claims = unsafe { CStr::from_ptr(raw) }.to_string_lossy().into_owned();
+    (!claims.is_empty()).then_some(claims)
 }
 
-/// The `sub` of a JWT claims document, if it is a non-empty string.
-pub fn sub_claim(claims: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(claims).ok()?;
-    v.get("sub")?.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
+/// The `sub` of a JWT claims document: a non-empty string without NUL characters (PostgreSQL
+/// text cannot hold one).
+pub fn sub_claim(claims: &str) -> Result<String, Missing> {
+    let v: serde_json::Value = serde_json::from_str(claims).map_err(|_| Missing::ClaimsNotJson)?;
+    if !v.is_object() {
+        return Err(Missing::ClaimsNotJson);
+    }
+    match v.get("sub").and_then(serde_json::Value::as_str) {
+        Some(s) if !s.is_empty() && !s.contains('\0') => Ok(s.to_owned()),
+        _ => Err(Missing::BadSub),
+    }
+}
+
+fn no_identity(why: Missing) -> ! {
+    errors::no_identity(match why {
+        Missing::Unset => "SET LOCAL pg_entitlements.user_id = '<user>' inside the transaction (SET LOCAL lasts only inside a transaction block; outside one it does nothing), or set request.jwt.claims with a \"sub\".",
+        Missing::ClaimsNotJson => "request.jwt.claims is set but is not a JSON object.",
+        Missing::BadSub => "request.jwt.claims has no \"sub\", or its \"sub\" is not a non-empty string (a number is not accepted).",
+    })
 }
 
 /// Raise 28000 / 42501 unless the caller may ask about `workspace_id`.
@@ -49,19 +91,20 @@ pub fn authorize(workspace_id: pgrx::Uuid) {
     if is_privileged() {
         return;
     }
-    let Some(user) = current_user_id() else { errors::no_identity() };
-    if !is_member(workspace_id, user) {
-        errors::not_a_member(&workspace_id.to_string());
+    let user = asserted_identity().unwrap_or_else(|why| no_identity(why));
+    if !is_member(workspace_id, user.clone()) {
+        errors::not_a_member(&workspace_id.to_string(), &user);
     }
 }
 
-/// May the caller ask about `workspace_id`? `None` when there is no identity at all.
-pub fn may_ask(workspace_id: pgrx::Uuid) -> Option<bool> {
+/// May the caller ask about `workspace_id`? Raises 28000 when there is no identity at all
+/// (a misconfigured connection: silence would hide it).
+pub fn may_ask(workspace_id: pgrx::Uuid) -> bool {
     if is_privileged() {
-        return Some(true);
+        return true;
     }
-    let user = current_user_id()?;
-    Some(is_member(workspace_id, user))
+    let user = asserted_identity().unwrap_or_else(|why| no_identity(why));
+    is_member(workspace_id, user)
 }
 
 thread_local! {
@@ -75,7 +118,7 @@ const MEMO_MAX: usize = 10_000;
 
 fn is_member(workspace_id: pgrx::Uuid, user: String) -> bool {
     let Some((_, epoch)) = cache::current_epoch() else {
-        return catalog::is_member(workspace_id, &user);
+        return cache::read_decision_inputs(|s| catalog::is_member(workspace_id, &user, s));
     };
     let key = (user, *workspace_id.as_bytes());
     let known = MEMBERSHIP.with(|m| {
@@ -86,7 +129,7 @@ fn is_member(workspace_id: pgrx::Uuid, user: String) -> bool {
         return known;
     }
     // Read under a snapshot taken after the epoch (see cache/mod.rs), remember for the epoch.
-    let member = cache::with_latest_snapshot(|| catalog::is_member(workspace_id, &key.0));
+    let member = cache::read_decision_inputs(|s| catalog::is_member(workspace_id, &key.0, s));
     MEMBERSHIP.with(|m| {
         let mut m = m.borrow_mut();
         if m.0 != epoch || m.1.len() >= MEMO_MAX {
@@ -100,15 +143,21 @@ fn is_member(workspace_id: pgrx::Uuid, user: String) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::sub_claim;
+    use super::{sub_claim, Missing};
 
     #[test]
     fn sub_claim_reads_string_sub_only() {
-        assert_eq!(sub_claim(r#"{"sub":"u1","role":"authenticated"}"#).as_deref(), Some("u1"));
-        assert_eq!(sub_claim(r#"{"sub":""}"#), None);
-        assert_eq!(sub_claim(r#"{"sub":42}"#), None);
-        assert_eq!(sub_claim(r#"{"role":"anon"}"#), None);
-        assert_eq!(sub_claim("not json"), None);
-        assert_eq!(sub_claim(""), None);
+        assert_eq!(sub_claim(r#"{"sub":"u1","role":"authenticated"}"#), Ok("u1".to_owned()));
+        assert_eq!(sub_claim(r#"{"sub":""}"#), Err(Missing::BadSub));
+        assert_eq!(sub_claim(r#"{"sub":42}"#), Err(Missing::BadSub));
+        assert_eq!(sub_claim(r#"{"role":"anon"}"#), Err(Missing::BadSub));
+        assert_eq!(sub_claim("not json"), Err(Missing::ClaimsNotJson));
+        assert_eq!(sub_claim("[1]"), Err(Missing::ClaimsNotJson));
+        assert_eq!(sub_claim(""), Err(Missing::ClaimsNotJson));
+    }
+
+    #[test]
+    fn sub_with_a_nul_character_is_refused() {
+        assert_eq!(sub_claim(r#"{"sub":"al\u0000ice"}"#), Err(Missing::BadSub));
     }
 }

@@ -5,7 +5,7 @@
 //! asks), `api` (the SQL functions), `cache` (the shared decision cache), `stripe` (webhook
 //! ingestion: verification and parsing pure, application through SPI), `audit` (the trail of
 //! checks), `gucs` (settings),
-//! `errors` (SQLSTATEs).
+//! `errors` (SQLSTATEs), `pgutil` (small Postgres helpers), `spi_read` (the checks' reads).
 //! The tables, policies and views are SQL, in `sql/`.
 
 use pgrx::prelude::*;
@@ -19,6 +19,8 @@ mod catalog;
 mod errors;
 mod gucs;
 mod identity;
+mod pgutil;
+mod spi_read;
 pub mod resolver;
 pub mod stripe;
 
@@ -28,7 +30,20 @@ extension_sql_file!(
     name = "audit",
     requires = [audit::entitlement_checks_append_only, api::current_user_id]
 );
-extension_sql_file!("../sql/api.sql", name = "api", finalize);
+extension_sql_file!(
+    "../sql/api.sql",
+    name = "api",
+    requires = [
+        api::decide_all,
+        api::current_user_id,
+        api::past_due_grace,
+        cache::functions::note_decision_inputs_changed,
+        cache::functions::cache_entries,
+        cache::functions::cache_enabled,
+        "audit",
+    ]
+);
+extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -82,8 +82,10 @@ fn user_agent_and_ip_come_from_settings_else_the_connection() {
     check(&mut c, &ws, "ccp-01");
     exec(&mut c, "SET pg_entitlements.user_agent = 'Mozilla/5.0'; SET pg_entitlements.client_ip = '203.0.113.7'");
     check(&mut c, &ws, "ccp-02");
-    // A bad client_ip never fails the check; it is recorded as NULL.
-    exec(&mut c, "SET pg_entitlements.client_ip = 'not-an-address'");
+    // A bad client_ip is refused when set (PostgreSQL's inet parser decides), and the
+    // setting keeps its previous value.
+    assert_eq!(sqlstate(&mut c, "SET pg_entitlements.client_ip = 'not-an-address'"), "22023");
+    exec(&mut c, "RESET pg_entitlements.client_ip");
     assert_eq!(check(&mut c, &ws, "ccp-03"), (true, None));
     flush(&mut c);
     let rows = c
@@ -100,9 +102,37 @@ fn user_agent_and_ip_come_from_settings_else_the_connection() {
         vec![
             ("ccp-01".into(), Some("billing-svc".into()), Some("127.0.0.1".into())),
             ("ccp-02".into(), Some("Mozilla/5.0".into()), Some("203.0.113.7".into())),
-            ("ccp-03".into(), Some("Mozilla/5.0".into()), None),
+            ("ccp-03".into(), Some("Mozilla/5.0".into()), Some("127.0.0.1".into())),
         ]
     );
+}
+
+#[test]
+fn a_cached_check_is_recorded_at_the_time_of_the_check_not_of_its_decision() {
+    let pg = audited("audit-time");
+    let mut c = pg.connect();
+    let ws = new_workspace(&mut c);
+    check(&mut c, &ws, "ccp-05");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let now = |c: &mut Client| -> String { c.query_one("SELECT clock_timestamp()::text", &[]).unwrap().get(0) };
+    let before = now(&mut c);
+    let row = c.query_one(&format!("SELECT cached, resolved_at::text FROM entitlements.entitlement_check({ws}, 'ccp-05')"), &[]).unwrap();
+    let after = now(&mut c);
+    let (cached, resolved_at): (bool, String) = (row.get(0), row.get(1));
+    assert!(cached);
+    flush(&mut c);
+    let ok: bool = c
+        .query_one(
+            &format!(
+                "SELECT max(checked_at) BETWEEN $1::text::timestamptz AND $2::text::timestamptz
+                        AND max(checked_at) > $3::text::timestamptz + interval '1 second'
+                   FROM entitlements.entitlement_checks WHERE workspace_id = {ws}"
+            ),
+            &[&before, &after, &resolved_at],
+        )
+        .unwrap()
+        .get(0);
+    assert!(ok, "checked_at is not the time of the cached check (resolved_at {resolved_at}, check between {before} and {after})");
 }
 
 #[test]
@@ -221,7 +251,7 @@ fn tampering_is_refused_for_superuser_owner_and_members() {
     let mut admin = pg.connect();
     let ws = new_workspace(&mut admin);
     exec(&mut admin, &format!(
-        "CREATE ROLE member_role LOGIN; CREATE ROLE owner_role LOGIN;
+        "CREATE ROLE member_role LOGIN; CREATE ROLE owner_role LOGIN; GRANT entitlements_app TO member_role;
          INSERT INTO entitlements.workspace_members VALUES ({ws}, 'alice', 'owner');"));
     check(&mut admin, &ws, "ccp-01");
     flush(&mut admin);
@@ -260,7 +290,7 @@ fn members_read_only_their_own_workspaces_rows() {
     let ws_a = new_workspace(&mut admin);
     let ws_b = new_workspace(&mut admin);
     exec(&mut admin, &format!(
-        "CREATE ROLE app_user LOGIN;
+        "CREATE ROLE app_user LOGIN; GRANT entitlements_app TO app_user;
          INSERT INTO entitlements.workspace_members VALUES ({ws_a}, 'alice', 'owner'), ({ws_b}, 'bob', 'owner');"));
     let mut app = pg.connect();
     exec(&mut app, "SET ROLE app_user; SET pg_entitlements.user_id = 'alice'");
@@ -304,7 +334,7 @@ fn prune_audit_is_for_superusers_only() {
     // No EXECUTE by default ...
     assert_eq!(sqlstate(&mut dba, "SELECT entitlements.prune_audit('0 seconds')"), "42501");
     // ... and granting it does not help: the function itself insists on a superuser.
-    exec(&mut admin, "GRANT EXECUTE ON FUNCTION entitlements.prune_audit(interval) TO dba");
+    exec(&mut admin, "GRANT USAGE ON SCHEMA entitlements TO dba; GRANT EXECUTE ON FUNCTION entitlements.prune_audit(interval) TO dba");
     assert_eq!(sqlstate(&mut dba, "SELECT entitlements.prune_audit('0 seconds')"), "42501");
     assert_eq!(rows_for(&mut admin, &ws), 2);
 
@@ -386,7 +416,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-type Row = (String, String, bool, Option<String>, bool, String);
+type Row = (String, String, bool, Option<String>, bool);
 
 /// After flush_audit(), exactly one row per audited check, with the values it returned.
 #[test]
@@ -404,8 +434,9 @@ fn property_one_row_per_check_with_the_returned_values() {
         .run(&prop::collection::vec(op(), 1..20), |ops| {
             let c = &mut *cell.borrow_mut();
             let since: i64 = count(c, "SELECT coalesce(max(id), 0) FROM entitlements.entitlement_checks");
+            let started: String = c.query_one("SELECT clock_timestamp()::text", &[]).unwrap().get(0);
             let mut expected: Vec<Row> = Vec::new();
-            let select = "SELECT $1::text, feature, enabled, reason, cached, resolved_at::text FROM";
+            let select = "SELECT $1::text, feature, enabled, reason, cached FROM";
             for o in &ops {
                 let rows = match o {
                     Op::Check { ws, feature } | Op::RolledBack { ws, feature } => {
@@ -428,19 +459,31 @@ fn property_one_row_per_check_with_the_returned_values() {
                     ),
                 }
                 .unwrap();
-                expected.extend(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))));
+                expected.extend(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))));
             }
+            let finished: String = c.query_one("SELECT clock_timestamp()::text", &[]).unwrap().get(0);
             flush(c);
             let mut actual: Vec<Row> = c
                 .query(
-                    "SELECT workspace_id::text, feature, result, reason_code, cached, checked_at::text
+                    "SELECT workspace_id::text, feature, result, reason_code, cached
                        FROM entitlements.entitlement_checks WHERE id > $1",
                     &[&since],
                 )
                 .unwrap()
                 .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
                 .collect();
+            // Each record carries the time of its own check (cached or not), not the time its
+            // decision was made.
+            let outside: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM entitlements.entitlement_checks
+                      WHERE id > $1 AND NOT (checked_at BETWEEN $2::text::timestamptz AND $3::text::timestamptz)",
+                    &[&since, &started, &finished],
+                )
+                .unwrap()
+                .get(0);
+            prop_assert_eq!(outside, 0);
             actual.sort();
             expected.sort();
             prop_assert_eq!(actual, expected);

@@ -419,7 +419,7 @@ fn removing_a_member_takes_effect_at_once_despite_the_membership_memo() {
     exec(
         &mut admin,
         &format!(
-            "CREATE ROLE app_user; SELECT entitlements.sync_billing_state({ws}, 'pro', 'active');
+            "CREATE ROLE app_user; GRANT entitlements_app TO app_user; SELECT entitlements.sync_billing_state({ws}, 'pro', 'active');
              INSERT INTO entitlements.workspace_members VALUES ({ws}, 'alice')"
         ),
     );

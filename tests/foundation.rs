@@ -37,7 +37,7 @@ fn identity_membership_and_rls_with_real_roles() {
     exec(
         &mut admin,
         &format!(
-            "CREATE ROLE app_user LOGIN;
+            "CREATE ROLE app_user LOGIN; GRANT entitlements_app TO app_user;
              SELECT entitlements.sync_billing_state({ws_a}, 'pro', 'active');
              SELECT entitlements.sync_billing_state({ws_b}, 'enterprise', 'active');
              INSERT INTO entitlements.workspace_members VALUES ({ws_a}, 'alice', 'owner'), ({ws_b}, 'bob', 'owner');"
@@ -90,7 +90,7 @@ fn identity_membership_and_rls_with_real_roles() {
     assert_eq!(sqlstate(&mut app, &format!("SELECT * FROM entitlements.entitlement_check({ws_a}, 'ccp-05')")), "42501");
 
     // A BYPASSRLS role may check any workspace without an identity.
-    exec(&mut admin, "CREATE ROLE support BYPASSRLS");
+    exec(&mut admin, "CREATE ROLE support BYPASSRLS; GRANT entitlements_app TO support");
     exec(&mut app, "RESET ROLE; RESET request.jwt.claims; SET ROLE support");
     assert_eq!(check(&mut app, &ws_b, "ccp-13"), (true, None));
 }
@@ -281,12 +281,7 @@ fn the_readme_rls_policy_shows_a_member_exactly_the_entitled_workspaces_rows() {
     exec(
         &mut admin,
         &format!(
-            "CREATE ROLE report_reader LOGIN;
-             DO $$ BEGIN
-                 IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'entitlements_app') THEN
-                     GRANT entitlements_app TO report_reader;
-                 END IF;
-             END $$;
+            "CREATE ROLE report_reader LOGIN; GRANT entitlements_app TO report_reader;
              SELECT entitlements.sync_billing_state({plus}, 'pro_plus', 'active');
              SELECT entitlements.sync_billing_state({free}, 'free', 'active');
              SELECT entitlements.sync_billing_state({not_hers}, 'pro_plus', 'active');

@@ -570,7 +570,7 @@ fn malformed_headers_and_payloads_fail_cleanly_and_change_nothing() {
 fn secrets_are_privileged_rotatable_and_never_shown() {
     let (pg, mut admin) = stripe_cluster("stripe-secrets");
     let ws = new_workspace(&mut admin);
-    exec(&mut admin, "CREATE ROLE webhook LOGIN; GRANT EXECUTE ON FUNCTION entitlements.apply_stripe_event(text, text) TO webhook;");
+    exec(&mut admin, "CREATE ROLE webhook LOGIN; GRANT entitlements_webhook TO webhook;");
     let mut hook = pg.connect();
     exec(&mut hook, "SET ROLE webhook");
     let payload = sub_event(&sub("evt_s1", now(), "sub_s", "active", &ws));

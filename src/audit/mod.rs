@@ -8,8 +8,8 @@ mod queue;
 pub mod record;
 mod writer;
 
-use crate::api::Checked;
 use crate::gucs::{self, AuditMode};
+use crate::resolver::Reason;
 use crate::{errors, identity};
 use pgrx::prelude::*;
 use record::{InlineText, Record};
@@ -28,13 +28,24 @@ pub fn init() {
     writer::register();
 }
 
+/// One answered check as the audit records it (built by the SQL functions).
+pub struct Check<'a> {
+    /// The time of the check itself (for a cached answer too).
+    pub checked_at: i64,
+    pub workspace_id: [u8; 16],
+    pub feature: &'a str,
+    pub enabled: bool,
+    pub reason: Option<Reason>,
+    pub cached: bool,
+}
+
 /// Record one answered check. Never raises and never waits: when the record cannot be
 /// queued (audit off for it, no queue, a standby, another database, a full queue) it is
 /// dropped and, unless the audit is off for it, counted.
-pub fn record(workspace_id: pgrx::Uuid, checked: &Checked) {
+pub fn record(check: &Check<'_>) {
     match gucs::AUDIT.get() {
         AuditMode::Off => return,
-        AuditMode::Denied if checked.decision.enabled => return,
+        AuditMode::Denied if check.enabled => return,
         _ => {}
     }
     if !queue::available() || in_recovery() || other_database() {
@@ -43,18 +54,21 @@ pub fn record(workspace_id: pgrx::Uuid, checked: &Checked) {
     }
     let user_agent = user_agent();
     let ip = client_ip();
+    let connection = connection_address();
     let record = Record {
         // SAFETY: set at backend start, constant afterwards.
         database_oid: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        result: checked.decision.enabled,
-        cached: checked.cached,
-        reason: checked.decision.reason.map_or(0, |r| r.ordinal()),
-        checked_at: checked.resolved_at,
-        workspace_id: *workspace_id.as_bytes(),
-        feature: InlineText::new(Some(&checked.feature)),
+        result: check.enabled,
+        cached: check.cached,
+        reason: check.reason.map_or(0, |r| r.ordinal()),
+        checked_at: check.checked_at,
+        workspace_id: check.workspace_id,
+        feature: InlineText::new(Some(check.feature)),
         user_id: InlineText::new(identity::current_user_id().as_deref()),
         user_agent: InlineText::new(user_agent.as_deref()),
-        ip_address: InlineText::new(ip.as_deref()),
+        ip_address: InlineText::new(ip.as_deref().or(connection.as_deref())),
+        session_role: InlineText::new(session_role().as_deref()),
+        connection_addr: InlineText::new(connection.as_deref()),
     };
     queue::push(&record);
 }
@@ -86,13 +100,72 @@ fn user_agent() -> Option<String> {
     (!app.is_empty()).then(|| app.into_owned())
 }
 
-/// `pg_entitlements.client_ip` if set (NULL when it is not a valid address), else the
-/// connection's address (NULL over a Unix socket).
+/// `pg_entitlements.client_ip` in canonical form, if set (its check hook admitted it, so it
+/// parses; should it not, it is recorded as NULL rather than fail the writer's INSERT).
 fn client_ip() -> Option<String> {
-    match gucs::CLIENT_IP.get() {
-        Some(ip) => record::valid_inet(&ip.to_string_lossy()).map(str::to_owned),
-        None => connection_address(),
+    let ip = gucs::CLIENT_IP.get()?;
+    if ip.is_empty() {
+        return None;
     }
+    LAST_CLIENT_IP.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((raw, canonical)) = last.as_ref() {
+            if raw == &ip {
+                return canonical.clone();
+            }
+        }
+        let canonical = canonical_inet(&ip);
+        *last = Some((ip, canonical.clone()));
+        canonical
+    })
+}
+
+/// `s` as PostgreSQL's own `inet` parser reads it, in `inet_out`'s canonical form (at most 49
+/// bytes), or `None` when `inet` refuses it.
+pub fn canonical_inet(s: &CStr) -> Option<String> {
+    pgrx::PgTryBuilder::new(|| {
+        // SAFETY: inet_in takes a C string and returns an inet datum or raises an ERROR,
+        // which the catch below turns into None (inet_in holds no resources: only palloc'd
+        // memory in the current context); inet_out turns the datum into a C string.
+        unsafe {
+            let inet = pgrx::direct_function_call_as_datum(pg_sys::inet_in, &[s.into_datum()])?;
+            let text = pgrx::direct_function_call::<&CStr>(pg_sys::inet_out, &[Some(inet)])?;
+            Some(text.to_string_lossy().into_owned())
+        }
+    })
+    .catch_others(|_| None)
+    .execute()
+}
+
+thread_local! {
+    /// The last client_ip seen and its canonical form: apps set the same value for many checks.
+    static LAST_CLIENT_IP: std::cell::RefCell<Option<(std::ffi::CString, Option<String>)>> =
+        const { std::cell::RefCell::new(None) };
+    /// The session role's name with its OID (SET SESSION AUTHORIZATION can change it).
+    static SESSION_ROLE: std::cell::RefCell<Option<(pg_sys::Oid, Option<String>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `session_user`: the database role that authenticated, whatever identity it asserts.
+fn session_role() -> Option<String> {
+    // SAFETY: the session user is set once the backend has connected.
+    let oid = unsafe { pg_sys::GetSessionUserId() };
+    SESSION_ROLE.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if let Some((known, name)) = cell.as_ref() {
+            if *known == oid {
+                return name.clone();
+            }
+        }
+        // SAFETY: a syscache lookup inside a transaction; noerr = true returns NULL for a
+        // role that does not exist (it cannot, for the session's own role).
+        let name = unsafe {
+            let p = pg_sys::GetUserNameFromId(oid, true);
+            (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+        };
+        *cell = Some((oid, name.clone()));
+        name
+    })
 }
 
 thread_local! {
@@ -154,7 +227,7 @@ fn entitlement_checks_append_only<'a>(
     use pgrx::PgTriggerOperation as Op;
     let op = trigger.op().unwrap_or_else(|e| errors::internal(e));
     let allowed = match op {
-        Op::Insert => IS_WRITER.with(Cell::get),
+        Op::Insert => IS_WRITER.with(Cell::get) || superuser_loading_an_empty_trail(),
         Op::Delete => PRUNING.with(Cell::get),
         Op::Update | Op::Truncate => false,
     };
@@ -169,6 +242,23 @@ fn entitlement_checks_append_only<'a>(
     Ok(None)
 }
 
+static TRAIL_IS_EMPTY: crate::spi_read::Stmt = crate::spi_read::Stmt {
+    sql: "SELECT NOT EXISTS (SELECT 1 FROM entitlements.entitlement_checks)",
+    args: &[],
+};
+
+/// A restore (pg_restore, or psql with a plain dump) loads the trail with COPY as a superuser
+/// into the empty table CREATE EXTENSION made. Once the trail has rows, only the writer adds.
+fn superuser_loading_an_empty_trail() -> bool {
+    // SAFETY: a catalog lookup on the current user.
+    let superuser = unsafe { pg_sys::superuser() };
+    superuser
+        && crate::spi_read::query(&TRAIL_IS_EMPTY, &[], crate::spi_read::Snapshot::OwnChanges, 1, |r| r.get::<bool>(1))
+            .pop()
+            .flatten()
+            .unwrap_or(false)
+}
+
 /// Remove rows older than `older_than`; superusers only. Returns the rows removed.
 #[pg_extern(volatile, parallel_unsafe)]
 fn prune_audit(older_than: pgrx::datum::Interval) -> i64 {
@@ -177,12 +267,15 @@ fn prune_audit(older_than: pgrx::datum::Interval) -> i64 {
         errors::prune_requires_superuser();
     }
     let _permit = PrunePermit::new();
-    Spi::get_one_with_args::<i64>(
-        "WITH gone AS (DELETE FROM entitlements.entitlement_checks
-                        WHERE checked_at < now() - $1 RETURNING 1)
-         SELECT count(*) FROM gone",
-        &[older_than.into()],
-    )
+    crate::pgutil::with_pinned_search_path(|| {
+        Spi::get_one_with_args::<i64>(
+            "WITH gone AS (DELETE FROM entitlements.entitlement_checks
+                            WHERE checked_at OPERATOR(pg_catalog.<)
+                                  (pg_catalog.now() OPERATOR(pg_catalog.-) $1) RETURNING 1)
+             SELECT pg_catalog.count(*) FROM gone",
+            &[older_than.into()],
+        )
+    })
     .unwrap_or_else(|e| errors::internal(e))
     .unwrap_or(0)
 }
@@ -200,14 +293,14 @@ fn flush_audit() -> i64 {
     if target <= start {
         return 0;
     }
-    let deadline = crate::api::now() + FLUSH_TIMEOUT.as_micros() as i64;
+    let deadline = crate::pgutil::now() + FLUSH_TIMEOUT.as_micros() as i64;
     loop {
         queue::wake_writer();
         let handled = queue::handled().unwrap_or(target);
         if handled >= target {
             return (target - start) as i64;
         }
-        if crate::api::now() > deadline {
+        if crate::pgutil::now() > deadline {
             warning!(
                 "pg_entitlements: flush_audit gave up after {}s with {} records pending (is the audit writer running?)",
                 FLUSH_TIMEOUT.as_secs(),

@@ -7,8 +7,11 @@
 pub const FEATURE_MAX: usize = 96;
 pub const USER_ID_MAX: usize = 96;
 pub const USER_AGENT_MAX: usize = 128;
-/// The longest inet text is 49 bytes ("ffff:...:255.255.255.255/128").
+/// The longest inet text is 49 bytes ("ffff:...:255.255.255.255/128"); values are stored in
+/// PostgreSQL's canonical form (inet_out), which never exceeds that.
 pub const IP_MAX: usize = 64;
+/// A role name is at most NAMEDATALEN - 1 = 63 bytes.
+pub const ROLE_MAX: usize = 63;
 
 /// A text field stored inline: a length byte (0..=N, or NONE for SQL NULL) and the bytes.
 #[repr(C)]
@@ -71,34 +74,14 @@ pub struct Record {
     pub user_id: InlineText<USER_ID_MAX>,
     pub user_agent: InlineText<USER_AGENT_MAX>,
     pub ip_address: InlineText<IP_MAX>,
-}
-
-/// Accept exactly what `inet` accepts in its plain form: an IPv4 or IPv6 address with an
-/// optional `/bits` netmask. Anything else is `None`, so the writer's `::inet` cast cannot
-/// fail on a value that passed here (Rust's address grammar is stricter than Postgres').
-pub fn valid_inet(s: &str) -> Option<&str> {
-    let s = s.trim();
-    let (addr, bits) = match s.split_once('/') {
-        Some((a, b)) => (a, Some(b)),
-        None => (s, None),
-    };
-    let max_bits = match addr.parse::<std::net::IpAddr>().ok()? {
-        std::net::IpAddr::V4(_) => 32,
-        std::net::IpAddr::V6(_) => 128,
-    };
-    if let Some(b) = bits {
-        if b.is_empty() || !b.bytes().all(|c| c.is_ascii_digit()) || b.len() > 3 {
-            return None;
-        }
-        if b.parse::<u32>().ok()? > max_bits {
-            return None;
-        }
-    }
-    (s.len() <= IP_MAX).then_some(s)
+    /// The database role of the session (`session_user`), whatever identity it asserted.
+    pub session_role: InlineText<ROLE_MAX>,
+    /// The connection's own address (`inet_client_addr()`), whatever address it asserted.
+    pub connection_addr: InlineText<IP_MAX>,
 }
 
 /// The queue's memory per record; docs/AUDIT.md quotes it.
-pub const RECORD_SIZE: usize = 424;
+pub const RECORD_SIZE: usize = 552;
 const _: () = assert!(std::mem::size_of::<Record>() == RECORD_SIZE);
 
 #[cfg(test)]
@@ -121,18 +104,4 @@ mod tests {
         assert_eq!(truncate("€", 2), "");
     }
 
-    #[test]
-    fn inet_validation_accepts_addresses_and_netmasks_only() {
-        assert_eq!(valid_inet("10.0.0.1"), Some("10.0.0.1"));
-        assert_eq!(valid_inet(" 10.0.0.0/8 "), Some("10.0.0.0/8"));
-        assert_eq!(valid_inet("::1"), Some("::1"));
-        assert_eq!(valid_inet("2001:db8::/32"), Some("2001:db8::/32"));
-        assert_eq!(valid_inet("10.0.0.1/33"), None);
-        assert_eq!(valid_inet("10.0.0.1/"), None);
-        assert_eq!(valid_inet("10.0.0.1/+8"), None);
-        assert_eq!(valid_inet("not an ip"), None);
-        assert_eq!(valid_inet("10.0.0"), None);
-        assert_eq!(valid_inet("fe80::1%eth0"), None);
-        assert_eq!(valid_inet(""), None);
-    }
 }

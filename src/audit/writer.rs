@@ -2,6 +2,11 @@
 //! `entitlements.entitlement_checks`, one INSERT of a whole batch per transaction, in its own
 //! transactions (so the callers' rollbacks and read-only transactions do not matter).
 //! Postgres restarts it a second after it dies, and with everything else after a crash.
+//!
+//! It connects as the bootstrap superuser (a background worker cannot log in as a NOLOGIN
+//! role on PostgreSQL 15), but stores rows as the role `entitlements_audit_writer`, which may
+//! only INSERT into the audit table, under a pinned search_path and with every name
+//! qualified: nothing a database user creates can run with the writer's rights.
 
 use super::queue;
 use super::record::Record;
@@ -17,16 +22,35 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(200);
 /// Rows per INSERT (and per transaction).
 const BATCH: usize = 4096;
-/// A batch whose INSERT failed this many times (each failure ends the worker, which
-/// restarts) is dropped and counted, so one bad record cannot stop the audit for good.
+/// A batch whose INSERT failed this many times for a reason other than its data (each
+/// failure ends the worker, which restarts) is dropped and counted, so nothing can stop the
+/// audit for good.
 const MAX_ATTEMPTS: u32 = 3;
+/// The role the rows are stored as (sql/security.sql creates it).
+const WRITER_ROLE: &std::ffi::CStr = c"entitlements_audit_writer";
+
+/// The INSERT for a table of 0.1.0's shape (before `ALTER EXTENSION ... UPDATE` added the
+/// session_role and connection_addr columns): a server running this library keeps the audit
+/// of a database whose schema has not been updated yet.
+const INSERT_0_1: &str = "
+INSERT INTO entitlements.entitlement_checks
+       (checked_at, workspace_id, user_id, feature, result, reason_code, cached, user_agent, ip_address)
+SELECT pg_catalog.unnest($1::pg_catalog.timestamptz[]), pg_catalog.unnest($2::pg_catalog.uuid[]),
+       pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]),
+       pg_catalog.unnest($5::pg_catalog.bool[]), pg_catalog.unnest($6::pg_catalog.text[]),
+       pg_catalog.unnest($7::pg_catalog.bool[]), pg_catalog.unnest($8::pg_catalog.text[]),
+       pg_catalog.unnest($9::pg_catalog.inet[])";
 
 const INSERT: &str = "
 INSERT INTO entitlements.entitlement_checks
-       (checked_at, workspace_id, user_id, feature, result, reason_code, cached, user_agent, ip_address)
-SELECT unnest($1::timestamptz[]), unnest($2::uuid[]), unnest($3::text[]), unnest($4::text[]),
-       unnest($5::boolean[]), unnest($6::text[]), unnest($7::boolean[]), unnest($8::text[]),
-       unnest($9::inet[])";
+       (checked_at, workspace_id, user_id, feature, result, reason_code, cached, user_agent,
+        ip_address, session_role, connection_addr)
+SELECT pg_catalog.unnest($1::pg_catalog.timestamptz[]), pg_catalog.unnest($2::pg_catalog.uuid[]),
+       pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]),
+       pg_catalog.unnest($5::pg_catalog.bool[]), pg_catalog.unnest($6::pg_catalog.text[]),
+       pg_catalog.unnest($7::pg_catalog.bool[]), pg_catalog.unnest($8::pg_catalog.text[]),
+       pg_catalog.unnest($9::pg_catalog.inet[]), pg_catalog.unnest($10::pg_catalog.text[]),
+       pg_catalog.unnest($11::pg_catalog.inet[])";
 // (unnest in the select list zips the arrays without materialising them: about 20% less
 // CPU per row than `SELECT * FROM unnest(...)`, measured.)
 
@@ -51,6 +75,17 @@ pub extern "C-unwind" fn pg_entitlements_audit_writer(_arg: pg_sys::Datum) {
         .unwrap_or_else(|| "postgres".into());
     // FATAL (and a restart a second later) if the database does not exist: logged each time.
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // The writer's whole life runs with search_path pinned (the statements are qualified
+    // too): a function or operator planted in a schema of the database is never chosen.
+    // SAFETY: the documented way to set a GUC for this process; static NUL-terminated values.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            crate::pgutil::PINNED_SEARCH_PATH.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
     super::permit_writer();
     // SAFETY: MyDatabaseId, MyLatch and MyProcPid are set once the connection is initialised;
     // MyLatch is this process's PGPROC latch, in shared memory. The exit callback takes the
@@ -69,8 +104,15 @@ pub extern "C-unwind" fn pg_entitlements_audit_writer(_arg: pg_sys::Datum) {
         }
         drain(&mut batch);
     }
-    // SIGTERM (a shutdown): store what is already queued before leaving.
+    // SIGTERM: a shutdown, or pg_terminate_backend (maintenance scripts, DROP DATABASE ...
+    // WITH (FORCE)). Store what is already queued, then exit with status 1: PostgreSQL
+    // restarts a worker that exits non-zero after its restart time, and starts none while it
+    // shuts down, so a terminated writer comes back and a shutdown still ends it (exit 0
+    // would mean "done" and leave the audit off until the next server start).
     drain(&mut batch);
+    log!("pg_entitlements audit writer for database \"{database}\" stopping (terminated); it restarts unless the server is shutting down");
+    // SAFETY: proc_exit runs the exit callbacks (retract above) and ends the process.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 #[pg_guard]
@@ -99,46 +141,119 @@ fn drain(batch: &mut Vec<Record>) {
         } else {
             BackgroundWorker::transaction(|| write(&rows))
         };
-        queue::consume(batch.len(), written, crate::api::now());
+        queue::consume(batch.len(), written, crate::pgutil::now());
     }
 }
 
-/// One INSERT for the batch; 0 when the extension is not installed in this database (the
-/// records are then counted as dropped). Any other failure is an ERROR: the worker exits,
-/// the batch stays queued and the restarted worker retries it (MAX_ATTEMPTS times).
+/// Store a batch as the writer role; returns the rows stored. 0 when the extension is not
+/// installed in this database (the records are then counted as dropped). A row PostgreSQL
+/// refuses for its data is set apart (logged, counted as dropped) and the others are stored;
+/// any other failure is an ERROR: the worker exits, the batch stays queued and the restarted
+/// worker retries it (MAX_ATTEMPTS times).
 fn write(rows: &[Record]) -> u64 {
-    let installed = Spi::get_one::<bool>(
-        "SELECT to_regclass('entitlements.entitlement_checks') IS NOT NULL",
+    let table = Spi::get_one::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass('entitlements.entitlement_checks')::pg_catalog.oid",
     );
-    if installed != Ok(Some(true)) {
-        return 0;
+    let Ok(Some(table)) = table else { return 0 };
+    // SAFETY: syscache lookups inside the transaction; missing_ok / InvalidAttrNumber.
+    let (shape, role) = unsafe {
+        let current = pg_sys::get_attnum(table, c"connection_addr".as_ptr()) != pg_sys::InvalidAttrNumber as i16;
+        (if current { Shape::Current } else { Shape::V0_1 }, pg_sys::get_role_oid(WRITER_ROLE.as_ptr(), true))
+    };
+    if role == pg_sys::InvalidOid {
+        // Only until ALTER EXTENSION ... UPDATE creates the role: the statement is qualified
+        // and runs under a pinned search_path either way.
+        store(rows, shape)
+    } else {
+        as_role(role, || store(rows, shape))
     }
-    let checked_at: Vec<TimestampWithTimeZone> = rows
-        .iter()
-        .map(|r| TimestampWithTimeZone::try_from(r.checked_at).unwrap_or_else(|e| crate::errors::internal(e)))
-        .collect();
-    let workspace: Vec<pgrx::Uuid> = rows.iter().map(|r| pgrx::Uuid::from_bytes(r.workspace_id)).collect();
-    let user_id: Vec<Option<&str>> = rows.iter().map(|r| r.user_id.get()).collect();
-    let feature: Vec<Option<&str>> = rows.iter().map(|r| r.feature.get()).collect();
-    let result: Vec<bool> = rows.iter().map(|r| r.result).collect();
-    let reason: Vec<Option<&str>> =
-        rows.iter().map(|r| Reason::from_ordinal(r.reason).map(Reason::code)).collect();
-    let cached: Vec<bool> = rows.iter().map(|r| r.cached).collect();
-    let user_agent: Vec<Option<&str>> = rows.iter().map(|r| r.user_agent.get()).collect();
-    let ip: Vec<Option<&str>> = rows.iter().map(|r| r.ip_address.get()).collect();
-    let args: [DatumWithOid; 9] = [
-        checked_at.into(),
-        workspace.into(),
-        user_id.into(),
-        feature.into(),
-        result.into(),
-        reason.into(),
-        cached.into(),
-        user_agent.into(),
-        ip.into(),
-    ];
-    insert(&args);
-    rows.len() as u64
+}
+
+/// Which INSERT the database's audit table takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    V0_1,
+    Current,
+}
+
+/// Run `f` as `role` with restricted operations, as PostgreSQL runs maintenance commands as a
+/// table's owner; an ERROR inside is undone by the transaction abort, which restores the user.
+fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_context = 0;
+    // SAFETY: plain reads and writes of this backend's current user, inside a transaction.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_context
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+    }
+    let r = f();
+    // SAFETY: restores what was saved above.
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    r
+}
+
+/// Insert `rows`; if PostgreSQL refuses them for their data, halve and retry each half, down
+/// to the single rows it refuses (each logged and left out).
+fn store(rows: &[Record], shape: Shape) -> u64 {
+    match try_insert(rows, shape) {
+        Ok(()) => rows.len() as u64,
+        Err(message) if rows.len() == 1 => {
+            warning!("pg_entitlements: an audit record was refused and dropped: {message}");
+            0
+        }
+        Err(_) => {
+            let (a, b) = rows.split_at(rows.len() / 2);
+            store(a, shape) + store(b, shape)
+        }
+    }
+}
+
+/// One INSERT in a subtransaction. A data error (SQLSTATE classes 22 and 23) rolls the
+/// subtransaction back and is returned; anything else is raised again.
+fn try_insert(rows: &[Record], shape: Shape) -> Result<(), String> {
+    // SAFETY: the subtransaction pattern of PL/pgSQL's exception blocks: begin, and on
+    // success release, on error roll back, restoring the memory context and resource owner
+    // the caller had either way.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        PgTryBuilder::new(|| {
+            insert(rows, shape);
+            pg_sys::ReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            Ok(())
+        })
+        .catch_others(|caught| {
+            pg_sys::MemoryContextSwitchTo(context);
+            let (class, message) = match &caught {
+                pg_sys::panic::CaughtError::PostgresError(e)
+                | pg_sys::panic::CaughtError::ErrorReport(e) => {
+                    (e.sql_error_code() as i32 & 0xfff, e.message().to_owned())
+                }
+                _ => (0, String::new()),
+            };
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            // The class is the first two characters of the SQLSTATE, packed in the low bits.
+            let class_22 = (b'2' - b'0') as i32 | (((b'2' - b'0') as i32) << 6);
+            let class_23 = (b'2' - b'0') as i32 | (((b'3' - b'0') as i32) << 6);
+            if class == class_22 || class == class_23 {
+                Err(message)
+            } else {
+                caught.rethrow()
+            }
+        })
+        .execute()
+    }
 }
 
 thread_local! {
@@ -147,10 +262,38 @@ thread_local! {
     /// restarts with a fresh plan).
     static INSERT_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
         const { std::cell::RefCell::new(None) };
+    static INSERT_0_1_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
+        const { std::cell::RefCell::new(None) };
 }
 
-fn insert(args: &[DatumWithOid]) {
+fn insert(rows: &[Record], shape: Shape) {
     use pgrx::pg_sys::{BuiltinOid, PgOid};
+    let checked_at: Vec<TimestampWithTimeZone> =
+        rows.iter().map(|r| crate::pgutil::timestamptz(r.checked_at)).collect();
+    let workspace: Vec<pgrx::Uuid> = rows.iter().map(|r| pgrx::Uuid::from_bytes(r.workspace_id)).collect();
+    let text = |f: fn(&Record) -> Option<&str>| -> Vec<Option<&str>> { rows.iter().map(f).collect() };
+    let result: Vec<bool> = rows.iter().map(|r| r.result).collect();
+    let reason: Vec<Option<&str>> =
+        rows.iter().map(|r| Reason::from_ordinal(r.reason).map(Reason::code)).collect();
+    let cached: Vec<bool> = rows.iter().map(|r| r.cached).collect();
+    let mut args: Vec<DatumWithOid> = vec![
+        checked_at.into(),
+        workspace.into(),
+        text(|r| r.user_id.get()).into(),
+        text(|r| r.feature.get()).into(),
+        result.into(),
+        reason.into(),
+        cached.into(),
+        text(|r| r.user_agent.get()).into(),
+        text(|r| r.ip_address.get()).into(),
+        text(|r| r.session_role.get()).into(),
+        text(|r| r.connection_addr.get()).into(),
+    ];
+    let (sql, slot, n) = match shape {
+        Shape::Current => (INSERT, &INSERT_PLAN, 11),
+        Shape::V0_1 => (INSERT_0_1, &INSERT_0_1_PLAN, 9),
+    };
+    args.truncate(n);
     let types = [
         BuiltinOid::TIMESTAMPTZARRAYOID,
         BuiltinOid::UUIDARRAYOID,
@@ -161,16 +304,20 @@ fn insert(args: &[DatumWithOid]) {
         BuiltinOid::BOOLARRAYOID,
         BuiltinOid::TEXTARRAYOID,
         BuiltinOid::TEXTARRAYOID,
+        BuiltinOid::TEXTARRAYOID,
+        BuiltinOid::TEXTARRAYOID,
     ]
     .map(PgOid::BuiltIn);
     let result = Spi::connect_mut(|client| {
-        INSERT_PLAN.with(|cell| {
-            let mut cell = cell.borrow_mut();
-            if cell.is_none() {
-                *cell = Some(client.prepare_mut(INSERT, &types)?.keep());
-            }
-            client.update(cell.as_ref().expect("prepared above"), None, args).map(|_| ())
-        })
+        // The plan is copied out of the cell before it runs: no borrow is held meanwhile.
+        let plan = slot.with(|cell| cell.borrow_mut().take());
+        let plan = match plan {
+            Some(p) => p,
+            None => client.prepare_mut(sql, &types[..n])?.keep(),
+        };
+        let out = client.update(&plan, None, &args).map(|_| ());
+        slot.with(|cell| *cell.borrow_mut() = Some(plan));
+        out
     });
     result.unwrap_or_else(|e| crate::errors::internal(e));
 }

@@ -14,9 +14,9 @@
 //!   (a fresh one, `GetLatestSnapshot`, not the statement's, which may predate a commit), and
 //!   stores the decision only if the epoch has not moved meanwhile. A decision computed from
 //!   a snapshot taken before a commit therefore either carries an epoch older than that
-//!   commit's bump (stale from then on) or is refused (race 1 of the issue).
+//!   commit's bump (stale from then on) or is refused.
 //! - A transaction that changed an input bypasses the cache until it ends: its own
-//!   uncommitted change must decide its checks and must not reach other sessions (race 2).
+//!   uncommitted change must decide its checks and must not reach other sessions.
 //! So a check answers from the latest committed state (or its own transaction's changes),
 //! also inside a REPEATABLE READ transaction: entitlements are "now" decisions.
 
@@ -61,8 +61,10 @@ thread_local! {
     static DIRTY: Cell<bool> = const { Cell::new(false) };
     /// The input tables' OIDs in this database, once looked up.
     static WATCHED: Cell<Option<[pg_sys::Oid; 5]>> = const { Cell::new(None) };
-    /// Whether this backend has looked them up before (a second look-up follows a schema change).
-    static RESOLVED_BEFORE: Cell<bool> = const { Cell::new(false) };
+    /// What they were before the last namespace change (a second look-up compares).
+    static PREVIOUS: Cell<Option<[pg_sys::Oid; 5]>> = const { Cell::new(None) };
+    /// How many times this backend has looked the tables up.
+    static PREVIOUS_LOOKUPS: Cell<u32> = const { Cell::new(0) };
 }
 
 fn capacity_for(size: i32) -> usize {
@@ -167,6 +169,18 @@ pub fn in_changed_transaction() -> bool {
     DIRTY.with(Cell::get)
 }
 
+/// Read decision inputs the way the module comment says: from the latest committed state
+/// (a snapshot taken now), unless this transaction changed inputs itself, then from its own
+/// view. Every read a decision or a membership answer is computed from goes through here.
+pub fn read_decision_inputs<R>(read: impl FnOnce(crate::spi_read::Snapshot) -> R) -> R {
+    use crate::spi_read::Snapshot;
+    if in_changed_transaction() {
+        read(Snapshot::OwnChanges)
+    } else {
+        with_latest_snapshot(|| read(Snapshot::Active))
+    }
+}
+
 /// Run `f` (decision reads) under a snapshot taken now: see the module comment.
 pub fn with_latest_snapshot<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: pushes a copy of a fresh snapshot; popped below. Should `f` raise an ERROR,
@@ -193,10 +207,11 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_namespace_change(_arg: pg_sys::Datum, _cacheid: i32, _hash: u32) {
-    // The extension may have been dropped and created again: look the tables up again.
-    if WATCHED.with(Cell::get).is_some() {
-        WATCHED.with(|w| w.set(None));
-        RESOLVED_BEFORE.with(|r| r.set(true));
+    // Any namespace change (a GRANT on some schema, too) lands here. Look the tables up again
+    // on next use; only if their identity changed (the extension was dropped and created
+    // again) does the cache start over.
+    if let Some(oids) = WATCHED.with(Cell::take) {
+        PREVIOUS.with(|p| p.set(Some(oids)));
     }
 }
 
@@ -215,10 +230,14 @@ fn ensure_watched() -> bool {
             .map(|name| pg_sys::get_relname_relid(name.as_ptr(), ns))
     };
     WATCHED.with(|w| w.set(Some(oids)));
-    // A standby backend cannot know which messages it missed before it joined; the tables
-    // may also belong to a new incarnation of the extension. Either way, start clean.
+    // A standby backend cannot know which messages it missed before it joined; after a
+    // namespace change, the tables may belong to a new incarnation of the extension. Either
+    // way, start clean; a namespace change that left the tables as they were changes nothing.
+    let replaced = PREVIOUS.with(Cell::take).is_some_and(|before| before != oids);
     // SAFETY: as above.
-    if unsafe { pg_sys::RecoveryInProgress() } || RESOLVED_BEFORE.with(Cell::get) {
+    let first_on_standby = PREVIOUS_LOOKUPS.with(|n| n.replace(n.get() + 1)) == 0
+        && unsafe { pg_sys::RecoveryInProgress() };
+    if first_on_standby || replaced {
         invalidate_all();
     }
     true
@@ -371,7 +390,7 @@ pub fn ttl_seconds(expires_at: i64, now: i64) -> i32 {
 /// Remove the entries matching `which` in the partitions given; how many live ones went.
 fn remove(partitions: impl Iterator<Item = usize>, which: impl Fn(&Slot) -> bool) -> i64 {
     let Some(shared) = shared() else { return 0 };
-    let v = Validity { epoch: shared.epoch.load(Ordering::SeqCst), grace: gucs::past_due_grace_micros(), now: crate::api::now() };
+    let v = Validity { epoch: shared.epoch.load(Ordering::SeqCst), grace: gucs::past_due_grace_micros(), now: crate::pgutil::now() };
     let mut removed = 0;
     for p in partitions {
         let _lock = Locked::new(shared, p, pg_sys::LWLockMode::LW_EXCLUSIVE);
@@ -407,7 +426,7 @@ pub struct Listed {
 pub fn list() -> Vec<Listed> {
     let Some(shared) = shared() else { return Vec::new() };
     let db = database();
-    let v = Validity { epoch: shared.epoch.load(Ordering::SeqCst), grace: gucs::past_due_grace_micros(), now: crate::api::now() };
+    let v = Validity { epoch: shared.epoch.load(Ordering::SeqCst), grace: gucs::past_due_grace_micros(), now: crate::pgutil::now() };
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
         let _lock = Locked::new(shared, p, pg_sys::LWLockMode::LW_SHARED);
@@ -435,7 +454,7 @@ pub fn statistics() -> Statistics {
     let Some(shared) = shared() else {
         return Statistics { enabled: false, entries: 0, capacity: 0, hits: 0, misses: 0, invalidations: 0, evictions: 0 };
     };
-    let v = Validity { epoch: shared.epoch.load(Ordering::SeqCst), grace: gucs::past_due_grace_micros(), now: crate::api::now() };
+    let v = Validity { epoch: shared.epoch.load(Ordering::SeqCst), grace: gucs::past_due_grace_micros(), now: crate::pgutil::now() };
     let mut entries = 0i64;
     for p in 0..PARTITIONS {
         let _lock = Locked::new(shared, p, pg_sys::LWLockMode::LW_SHARED);

@@ -8,7 +8,7 @@
 use super::decide::{self, Handling, Outcome, Tier};
 use super::event::{self, CheckoutFacts, Event, EventError, InvoiceFacts, SubscriptionFacts};
 use super::{signature, store};
-use crate::api::{or_internal, require};
+use crate::pgutil::{or_internal, require};
 use crate::{errors, gucs};
 use pgrx::prelude::*;
 use pgrx::{composite_type, search_path, Uuid};
@@ -82,7 +82,7 @@ impl Facts {
 fn unix_now() -> i64 {
     // PostgreSQL timestamps count microseconds from 2000-01-01.
     const UNIX_TO_PG_EPOCH_SECS: i64 = 946_684_800;
-    crate::api::now().div_euclid(1_000_000) + UNIX_TO_PG_EPOCH_SECS
+    crate::pgutil::now().div_euclid(1_000_000) + UNIX_TO_PG_EPOCH_SECS
 }
 
 /// Verifies, records and applies one webhook delivery. SECURITY DEFINER (the webhook role

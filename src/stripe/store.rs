@@ -250,16 +250,75 @@ pub fn start_replay(workspace: Option<Uuid>) -> Vec<(String, String)> {
 // ---------------------------------------------------------------------------------------
 // Links: which workspace a customer or subscription belongs to.
 
+static ENSURE_CUSTOMER_LOCK: Stmt = Stmt {
+    sql: "INSERT INTO entitlements.stripe_customer_locks (customer_id) VALUES ($1)
+          ON CONFLICT (customer_id) DO NOTHING",
+    args: &[TEXT],
+};
+
 static LOCK_CUSTOMER: Stmt = Stmt {
-    // Two-key advisory lock: the first key marks the lock as ours (0x5354 = "ST").
-    sql: "SELECT pg_catalog.pg_advisory_xact_lock(21332, pg_catalog.hashtext($1))",
+    sql: "SELECT 1 FROM entitlements.stripe_customer_locks WHERE customer_id = $1 FOR UPDATE",
     args: &[TEXT],
 };
 
 /// Serialises everything that maps or links one customer (events, link_stripe_customer), so
-/// an event recorded `unmapped` is always seen by the link that would map it.
+/// an event recorded `unmapped` is always seen by the link that would map it. The lock is a
+/// row of a table only the extension writes (locking a row takes UPDATE rights, which no
+/// other role has), not an advisory key any role could compute and hold. Waiting is bounded
+/// by `pg_entitlements.stripe_lock_timeout`: a stuck holder fails the call with 55P03.
 pub fn lock_customer(customer: &str) {
-    run(&LOCK_CUSTOMER, &[customer.into()], |_| Ok(()))
+    with_lock_timeout(customer, || {
+        if run(&HAS_CUSTOMER_LOCKS, &[], first::<bool>).unwrap_or(false) {
+            // A first delivery for a customer inserts its row; a concurrent one waits on that
+            // insert.
+            run(&ENSURE_CUSTOMER_LOCK, &[customer.into()], |_| Ok(()));
+            run(&LOCK_CUSTOMER, &[customer.into()], |_| Ok(()));
+        } else {
+            // A database whose schema is still 0.1.0's (the package was upgraded, ALTER
+            // EXTENSION ... UPDATE not run yet) has no lock table: 0.1.0's advisory lock.
+            run(&LOCK_CUSTOMER_0_1, &[customer.into()], |_| Ok(()));
+        }
+    });
+}
+
+static HAS_CUSTOMER_LOCKS: Stmt = Stmt {
+    sql: "SELECT pg_catalog.to_regclass('entitlements.stripe_customer_locks') IS NOT NULL",
+    args: &[],
+};
+
+static LOCK_CUSTOMER_0_1: Stmt = Stmt {
+    sql: "SELECT pg_catalog.pg_advisory_xact_lock(21332, pg_catalog.hashtext($1))",
+    args: &[TEXT],
+};
+
+/// Run `f` with `lock_timeout` set to the Stripe lock timeout for its duration only (the
+/// caller's own setting is back afterwards); a lock timeout becomes a clear 55P03.
+fn with_lock_timeout(customer: &str, f: impl FnOnce()) {
+    let timeout = std::ffi::CString::new(format!("{}ms", crate::gucs::STRIPE_LOCK_TIMEOUT.get()))
+        .unwrap_or_else(|e| errors::internal(e));
+    // SAFETY: a GUC nest level inside the transaction, popped below (an ERROR pops it with
+    // the (sub)transaction abort); the value is a valid NUL-terminated lock_timeout.
+    let level = unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"lock_timeout".as_ptr(),
+            timeout.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    };
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
+        .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |_| {
+            errors::stripe_customer_busy(customer, crate::gucs::STRIPE_LOCK_TIMEOUT.get())
+        })
+        .execute();
+    // SAFETY: pops the nest level pushed above.
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
 }
 
 static LINKS: Stmt = Stmt {

@@ -89,6 +89,12 @@ impl Cluster {
         self.connect_db("app")
     }
 
+    /// A connection over TCP as `role` (trust authentication on loopback).
+    pub fn connect_as(&self, role: &str, db: &str) -> Client {
+        let url = format!("host=127.0.0.1 port={} user={role} dbname={db}", self.port);
+        Client::connect(&url, NoTls).unwrap_or_else(|e| panic!("connect as {role}: {e}"))
+    }
+
     pub fn connect_db(&self, db: &str) -> Client {
         let mut last = None;
         for _ in 0..50 {
@@ -149,6 +155,23 @@ impl Drop for Cluster {
     }
 }
 
+/// The directory of the PostgreSQL programs the tests run (pg_dump, psql, pg_ctl, ...).
+pub fn pg_bin() -> String {
+    format!("{}/usr/lib/postgresql/15/bin", std::env::var("PG_ROOT").unwrap_or_default())
+}
+
+/// Run a PostgreSQL client program; panics with its output when it fails.
+pub fn run_pg(program: &str, args: &[&str]) -> String {
+    let out = Command::new(format!("{}/{program}", pg_bin())).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A fresh random workspace id.
 pub fn new_workspace(c: &mut Client) -> uuid_string::Ws {
     let row = c.query_one("SELECT gen_random_uuid()::text", &[]).unwrap();
@@ -178,7 +201,7 @@ pub fn check(c: &mut Client, ws: &uuid_string::Ws, feature: &str) -> (bool, Opti
 }
 
 pub fn exec(c: &mut Client, sql: &str) {
-    c.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    c.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e} {:?}", e.as_db_error().map(|d| d.message())));
 }
 
 /// The SQLSTATE of a failing statement.

@@ -1,0 +1,107 @@
+-- pg_entitlements: who may do what. Runs last (finalize), after every table, view and
+-- function exists. docs/SECURITY.md states the trust model this file implements.
+--
+-- Least privilege: nothing in schema entitlements is granted to PUBLIC. Three roles carry
+-- what the product's users need (roles are cluster-wide: created by the first CREATE
+-- EXTENSION, kept when the extension is dropped, as any role):
+--   entitlements_app           what an application role needs: the checks, reading its
+--                              tenants' rows through RLS, asserting an identity
+--                              (SET pg_entitlements.user_id). Grant it to the app's login role.
+--   entitlements_webhook       what the webhook layer needs: apply_stripe_event.
+--   entitlements_audit_writer  the only rights the audit writer stores rows with: INSERT on
+--                              the audit table. Nobody logs in as it.
+--   pg_monitor                 (PostgreSQL's own) the cluster-wide counters.
+
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'entitlements_app') THEN
+        CREATE ROLE entitlements_app NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'entitlements_webhook') THEN
+        CREATE ROLE entitlements_webhook NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'entitlements_audit_writer') THEN
+        CREATE ROLE entitlements_audit_writer NOLOGIN;
+    END IF;
+END
+$roles$;
+COMMENT ON ROLE entitlements_app IS 'pg_entitlements: grant to application login roles (checks, tenant reads, identity)';
+COMMENT ON ROLE entitlements_webhook IS 'pg_entitlements: grant to the role of the Stripe webhook layer (apply_stripe_event)';
+COMMENT ON ROLE entitlements_audit_writer IS 'pg_entitlements: the audit writer stores rows as this role';
+
+-- ---------------------------------------------------------------------------------------
+-- Row-level security: members read their own workspaces' rows; nobody but privileged roles
+-- writes directly (there are no write grants); writes go through the functions.
+-- ---------------------------------------------------------------------------------------
+ALTER TABLE entitlements.tiers ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.features ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.workspaces ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.billing_state ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.overrides ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.workspace_members ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY catalog_is_public ON entitlements.tiers FOR SELECT USING (true);
+CREATE POLICY catalog_is_public ON entitlements.features FOR SELECT USING (true);
+CREATE POLICY members_read ON entitlements.workspaces FOR SELECT
+    USING (entitlements.is_member(workspace_id));
+CREATE POLICY members_read ON entitlements.billing_state FOR SELECT
+    USING (entitlements.is_member(workspace_id));
+CREATE POLICY members_read ON entitlements.overrides FOR SELECT
+    USING (entitlements.is_member(workspace_id));
+CREATE POLICY own_memberships ON entitlements.workspace_members FOR SELECT
+    USING (user_id = entitlements.current_user_id());
+
+-- The audit writer's INSERT (the table forces RLS, for its owner too).
+CREATE POLICY audit_writer_inserts ON entitlements.entitlement_checks FOR INSERT
+    TO entitlements_audit_writer WITH CHECK (true);
+
+-- ---------------------------------------------------------------------------------------
+-- Grants: first nothing for PUBLIC, then exactly what each role needs.
+-- ---------------------------------------------------------------------------------------
+REVOKE ALL ON SCHEMA entitlements FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA entitlements FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA entitlements FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA entitlements FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA entitlements TO entitlements_app, entitlements_webhook, entitlements_audit_writer, pg_monitor;
+
+-- Applications: the checks and what RLS policies and views call on their behalf.
+GRANT EXECUTE ON FUNCTION
+    entitlements.entitlement_check(uuid, text),
+    entitlements.entitlement_check_all(uuid),
+    entitlements.has_entitlement(uuid, text),
+    entitlements.current_user_id(),
+    entitlements.is_member(uuid),
+    entitlements.decide_all(uuid),
+    entitlements.past_due_grace(),
+    entitlements.cache_enabled(),
+    entitlements.flush_audit()
+  TO entitlements_app;
+-- Reading is filtered by RLS to the workspaces the asserted identity is a member of.
+GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspaces,
+                entitlements.billing_state, entitlements.entitlements, entitlements.overrides,
+                entitlements.workspace_members, entitlements.entitlements_current,
+                entitlements.billing_status_current, entitlements.entitlement_checks,
+                entitlements.entitlement_checks_summary, entitlements.denials_by_reason
+   TO entitlements_app;
+-- Asserting an identity is the application's privilege, not every connected role's.
+GRANT SET ON PARAMETER pg_entitlements.user_id TO entitlements_app;
+
+-- The webhook layer hands over Stripe's deliveries, nothing else (the function is SECURITY
+-- DEFINER: it verifies, records and applies without the caller reading or writing a table).
+GRANT EXECUTE ON FUNCTION entitlements.apply_stripe_event(text, text) TO entitlements_webhook;
+
+-- The audit writer stores rows, nothing else.
+GRANT INSERT ON entitlements.entitlement_checks TO entitlements_audit_writer;
+
+-- Monitoring: the counters span every database of the cluster.
+GRANT EXECUTE ON FUNCTION
+    entitlements.cache_statistics(),
+    entitlements.audit_statistics(),
+    entitlements.cache_shared_memory(),
+    entitlements.cache_enabled()
+  TO pg_monitor;
+
+-- Everything else (the admin functions, the Stripe functions, prune_audit, the cache's
+-- manual invalidation, the entitlement_cache view) is for superusers and the roles a DBA
+-- grants it to: docs/SECURITY.md lists them.
