@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL 15 cluster for pg_entitlements, run as the `postgres` OS user (initdb
-# refuses root), listening on loopback only, with the extension preloaded.
+# refuses root), listening on loopback only, with the extension preloaded. Default durability
+# unless CLUSTER_FAST=1 (tests only).
 #   cluster.sh start DIR PORT [extra postgresql.conf lines...]
 #   cluster.sh stop DIR
 # PG_ROOT (optional) selects a private copy of the PostgreSQL install (see scripts/setup.sh).
@@ -25,7 +26,10 @@ start)
         echo "port = $port"
         echo "unix_socket_directories = '$dir'"
         echo "shared_preload_libraries = 'pg_entitlements'"
-        echo "fsync = off"
+        # PostgreSQL's default durability (fsync, synchronous_commit) unless the caller
+        # asks for speed over crash safety: the test suite does (CLUSTER_FAST=1), the demo
+        # and the benchmarks never do, because users run with the defaults.
+        if [ "${CLUSTER_FAST:-}" = 1 ]; then echo "fsync = off"; fi
         for line in "$@"; do echo "$line"; done
     } >> "$dir/data/postgresql.conf"
     as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null

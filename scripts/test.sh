@@ -14,6 +14,8 @@ PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
 PG_CONFIG=$PG_BIN/pg_config
 RUN=$PWD/.run
 mkdir -p "$RUN"
+# Test clusters trade crash safety for speed (fsync = off); benchmarks and the demo do not.
+export CLUSTER_FAST=1
 step() { printf '\n==== %s\n' "$*"; }
 
 step "unit tests and #[pg_test]s (cargo pgrx test)"
