@@ -155,6 +155,108 @@ impl Drop for Cluster {
     }
 }
 
+/// PgBouncer (Debian's package, /usr/sbin/pgbouncer) in front of a cluster's database `app`, in
+/// transaction mode with ONE server connection per user and database: every client of a user
+/// shares that connection, one transaction at a time, as behind a busy production pooler.
+/// It runs as the `postgres` OS user (it refuses root), on 127.0.0.1 on a port of its own, with
+/// its ini, user list, log and pid file in the cluster's directory, and is stopped on Drop, also
+/// when the test panics (declare it after the `Cluster`, so it stops first).
+pub struct PgBouncer {
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl PgBouncer {
+    /// Start it for the given login roles (trust authentication, as the test clusters have).
+    pub fn start(cluster: &Cluster, users: &[&str]) -> PgBouncer {
+        let dir = cluster.dir.clone();
+        let port = free_port();
+        let userlist: String = users.iter().map(|u| format!("\"{u}\" \"\"\n")).collect();
+        std::fs::write(dir.join("pgbouncer.users"), userlist).unwrap();
+        // server_reset_query runs in session mode only: in transaction mode nothing resets the
+        // server connection between clients, which is why applications must use SET LOCAL.
+        let ini = format!(
+            "[databases]\n\
+             app = host=127.0.0.1 port={pg} dbname=app\n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir =\n\
+             auth_type = trust\n\
+             auth_file = {dir}/pgbouncer.users\n\
+             pool_mode = transaction\n\
+             default_pool_size = 1\n\
+             min_pool_size = 0\n\
+             reserve_pool_size = 0\n\
+             max_db_connections = 1\n\
+             max_client_conn = 8\n\
+             logfile = {dir}/pgbouncer.log\n\
+             pidfile = {dir}/pgbouncer.pid\n",
+            pg = cluster.port,
+            dir = dir.display(),
+        );
+        let ini_path = dir.join("pgbouncer.ini");
+        std::fs::write(&ini_path, ini).unwrap();
+        let bouncer = PgBouncer { port, dir };
+        // -d: it forks into the background and writes its pid file; its startup output goes to a
+        // file, so no pipe is left open by the daemon.
+        let out = std::fs::File::create(bouncer.dir.join("pgbouncer.start.log")).unwrap();
+        let status = Command::new("sudo")
+            .args(["-u", "postgres", "/usr/sbin/pgbouncer", "-d", "-q"])
+            .arg(&ini_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .status()
+            .expect("run /usr/sbin/pgbouncer (scripts/setup.sh installs it)");
+        assert!(status.success(), "pgbouncer did not start:\n{}", bouncer.log());
+        // Ready when it accepts connections (it binds its port as it starts).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "pgbouncer does not listen:\n{}", bouncer.log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bouncer
+    }
+
+    /// A client connection through the pooler, as `role`, named `application_name`.
+    pub fn connect_as(&self, role: &str, application_name: &str) -> Client {
+        let url = format!("host=127.0.0.1 port={} user={role} dbname=app application_name={application_name}", self.port);
+        Client::connect(&url, NoTls).unwrap_or_else(|e| panic!("connect through pgbouncer as {role}: {e}\n{}", self.log()))
+    }
+
+    pub fn log(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        format!("{}{}", read("pgbouncer.start.log"), read("pgbouncer.log"))
+    }
+
+    /// The daemon's pid, if it runs: from its pid file, and only if that process is pgbouncer
+    /// and alive (an exited daemon waits to be reaped by init as a zombie).
+    pub fn pid(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.dir.join("pgbouncer.pid")).ok()?.trim().parse().ok()?;
+        // /proc/PID/stat: "PID (comm) STATE ..."
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+        (comm == "pgbouncer" && !rest.starts_with('Z')).then_some(pid)
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let Some(pid) = self.pid() else { return };
+        // SIGTERM: immediate shutdown (SIGINT would wait for clients to finish).
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.pid() == Some(pid) {
+            if std::time::Instant::now() > deadline {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 /// The directory of the PostgreSQL programs the tests run (pg_dump, psql, pg_ctl, ...).
 pub fn pg_bin() -> String {
     format!("{}/usr/lib/postgresql/15/bin", std::env::var("PG_ROOT").unwrap_or_default())
