@@ -7,9 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/setup.sh
-PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
 echo "[bench] release build"
-cargo pgrx install --release --pg-config "$PG_BIN/pg_config" >/dev/null
+bash scripts/install.sh --release >/dev/null
 which=("$@")
 [ ${#which[@]} -gt 0 ] || which=(cache stripe audit)
 export SKIP_INSTALL=1  # installed above

@@ -7,12 +7,12 @@
 #   select_1         SELECT 1
 #   insert_baseline  a PL/pgSQL function that reads billing_state and features and INSERTs an
 #                    audit row in the caller's transaction (the plain design, no background writer)
-# Installs a release build first. PG_ROOT selects a private PostgreSQL copy (setup.sh).
+# Installs a release build first. PG_CONFIG (or PG_ROOT) selects the PostgreSQL (pg_env.sh).
 #   CLIENTS=4 SECONDS_PER_RUN=10 ROUNDS=3 bash scripts/bench_audit.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
+. scripts/pg_env.sh
 PY=$PWD/.run/venv/bin/python  # made by scripts/setup.sh
 [ -x "$PY" ] || bash scripts/setup.sh
 CLIENTS=${CLIENTS:-4}
@@ -23,7 +23,7 @@ DIR=$PWD/.run/bench-audit
 PORT=${BENCH_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 
 if [ "${SKIP_INSTALL:-}" != 1 ]; then
-    cargo pgrx install --release --pg-config "$PG_BIN/pg_config" >/dev/null
+    bash scripts/install.sh --release >/dev/null
 fi
 trap 'bash scripts/cluster.sh stop "$DIR"' EXIT
 bash scripts/cluster.sh start "$DIR" "$PORT" "pg_entitlements.audit_database = 'app'" \

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Stripe ingestion throughput, one client: signed events applied per second through
 # entitlements.apply_stripe_event, beside a bare INSERT ... ON CONFLICT DO UPDATE of the same
-# billing_state row, in the same run on the same cluster. Uses the build installed into
-# ${PG_ROOT:-/} (install a release build first for release figures:
-#   cargo pgrx install --release --pg-config $PG_ROOT/usr/lib/postgresql/15/bin/pg_config).
+# billing_state row, in the same run on the same cluster. Uses the build installed into the
+# PostgreSQL of PG_CONFIG (scripts/pg_env.sh; for release figures install a release build
+# first: scripts/install.sh --release).
 #   bench_stripe.sh [seconds per measurement, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -4,9 +4,9 @@
 # unless CLUSTER_FAST=1 (tests only).
 #   cluster.sh start DIR PORT [extra postgresql.conf lines...]
 #   cluster.sh stop DIR
-# PG_ROOT (optional) selects a private copy of the PostgreSQL install (see scripts/setup.sh).
+# PG_CONFIG (or PG_ROOT) selects the PostgreSQL install (scripts/pg_env.sh).
 set -euo pipefail
-PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
+. "$(dirname "$0")/pg_env.sh"
 cmd=$1 dir=$(realpath -m "$2")
 
 as_pg() { sudo -u postgres -- "$@"; }

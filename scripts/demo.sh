@@ -7,13 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/setup.sh
-
-PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
+. scripts/pg_env.sh  # the system PostgreSQL 15, or PG_CONFIG / PG_ROOT when set
 PORT=${DEMO_PORT:-54815}
 DIR=$PWD/.run/demo
 
-echo "[demo] building and installing pg_entitlements"
-cargo pgrx install --pg-config "$PG_BIN/pg_config" >/dev/null
+echo "[demo] building and installing pg_entitlements into $PG_CONFIG"
+# Atomically: a demo cluster still running from an earlier `make run` keeps serving.
+bash scripts/install.sh >/dev/null
 echo "[demo] starting PostgreSQL 15 on 127.0.0.1:$PORT (data in .run/demo)"
 # The audit writer serves one database, named here (docs/AUDIT.md).
 bash scripts/cluster.sh start "$DIR" "$PORT" "pg_entitlements.audit_database = 'demo'"

@@ -3,8 +3,8 @@
 # cluster, with the installed extension. Diffs land in .run/regress/regression.diffs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
-PG_REGRESS=$(dirname "$("$PG_BIN/pg_config" --pgxs)")/../test/regress/pg_regress
+. scripts/pg_env.sh
+PG_REGRESS=$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress
 DIR=$PWD/.run/regress-cluster
 PORT=${REGRESS_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 OUT=$PWD/.run/regress

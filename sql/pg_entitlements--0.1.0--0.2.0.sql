@@ -172,6 +172,12 @@ CREATE TABLE entitlements.stripe_customer_locks (
 ALTER TABLE entitlements.stripe_customer_locks ENABLE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('entitlements.stripe_events_arrival_seq', '');
 
+-- Which build of the library a backend runs: after a package upgrade a running server keeps the
+-- build it loaded until restart (docs/OPERATIONS.md).
+CREATE FUNCTION entitlements.library_version() RETURNS TABLE (version text, build text)
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'library_version_wrapper';
+
 -- ---------------------------------------------------------------------------------------
 -- Least privilege (sql/security.sql): the roles, the writer's policy, and the grants.
 -- ---------------------------------------------------------------------------------------
@@ -237,6 +243,7 @@ GRANT INSERT ON entitlements.entitlement_checks TO entitlements_audit_writer;
 
 -- Monitoring: the counters span every database of the cluster.
 GRANT EXECUTE ON FUNCTION
+    entitlements.library_version(),
     entitlements.cache_statistics(),
     entitlements.audit_statistics(),
     entitlements.cache_shared_memory(),

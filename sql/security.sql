@@ -96,6 +96,7 @@ GRANT INSERT ON entitlements.entitlement_checks TO entitlements_audit_writer;
 
 -- Monitoring: the counters span every database of the cluster.
 GRANT EXECUTE ON FUNCTION
+    entitlements.library_version(),
     entitlements.cache_statistics(),
     entitlements.audit_statistics(),
     entitlements.cache_shared_memory(),

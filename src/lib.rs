@@ -14,6 +14,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod audit;
+mod build_info;
 mod cache;
 mod catalog;
 mod errors;
@@ -47,6 +48,18 @@ extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // Once per process. A running server keeps serving with the build it loaded, also after
+    // the file is replaced on disk (docs/OPERATIONS.md). PostgreSQL remembers loaded libraries
+    // by path and by inode; should a lookup miss both after a replacement, it dlopen()s again,
+    // the dynamic loader can hand back the object this process already has mapped, and
+    // PostgreSQL calls _PG_init on it a second time. Redefining our GUCs would then fail with
+    // "attempt to redefine parameter" and hooks and workers would be registered twice; the
+    // first initialisation already holds, so a second call has nothing to do.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static INITIALIZED: AtomicBool = AtomicBool::new(false);
+    if INITIALIZED.swap(true, Ordering::Relaxed) {
+        return;
+    }
     gucs::init();
     // SAFETY: a plain flag of the postmaster's startup, read-only here.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {

@@ -502,7 +502,7 @@ struct Standby {
 
 impl Standby {
     fn pg_bin() -> String {
-        format!("{}/usr/lib/postgresql/15/bin", std::env::var("PG_ROOT").unwrap_or_default())
+        common::bindir().display().to_string()
     }
 
     fn start(primary: &Cluster) -> Standby {

@@ -12,7 +12,8 @@ extension, and checks:
       with the same message (SDK suffixes " v1" and " (<t>)" are stripped; the database
       answers the texts without them);
   (d) a seeded random mix of header pieces, same comparison.
-Needs: stripe==16.1.0, psycopg 3, the extension installed into $PG_ROOT (cargo pgrx install).
+Needs: stripe==16.1.0, psycopg 3, the extension installed (scripts/install.sh) into the PostgreSQL
+of PG_CONFIG (scripts/pg_env.sh).
 Prints "N passed, 0 failed" at the end.
 """
 import json

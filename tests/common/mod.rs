@@ -1,22 +1,58 @@
 //! A real PostgreSQL 15 cluster per test: initdb'd as the `postgres` OS user (scripts/cluster.sh),
 //! on loopback, on a port of its own, with `shared_preload_libraries = 'pg_entitlements'`, and
 //! stopped when the `Cluster` is dropped, also when the test panics.
-//! The extension must be installed first (`cargo pgrx install`; `make test` does it).
+//! The extension must be installed first (`scripts/install.sh`; `make test` does it).
 #![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 pub use postgres::{Client, NoTls};
 
 pub struct Cluster {
     pub dir: PathBuf,
     pub port: u16,
+    /// The pg_config of the PostgreSQL install this cluster runs from.
+    pub pg_config: PathBuf,
 }
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The PostgreSQL the tests use, decided as scripts/pg_env.sh decides it for the scripts:
+/// `PG_CONFIG` (scripts/test.sh exports it), else the pg_config of the private copy in
+/// `PG_ROOT`, else the system's PostgreSQL 15.
+pub fn pg_config() -> &'static Path {
+    static PG_CONFIG: OnceLock<PathBuf> = OnceLock::new();
+    PG_CONFIG.get_or_init(|| match std::env::var_os("PG_CONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(format!(
+            "{}/usr/lib/postgresql/15/bin/pg_config",
+            std::env::var("PG_ROOT").unwrap_or_default()
+        )),
+    })
+}
+
+/// One directory of an install, as its pg_config reports it (`--bindir`, `--pkglibdir`, ...).
+pub fn pg_config_dir(pg_config: &Path, what: &str) -> PathBuf {
+    let out = Command::new(pg_config).arg(what).output().unwrap_or_else(|e| panic!("{}: {e}", pg_config.display()));
+    assert!(out.status.success(), "{} {what}: {}", pg_config.display(), String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The binaries of the tests' PostgreSQL.
+pub fn bindir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| pg_config_dir(pg_config(), "--bindir"))
+}
+
+/// Where the tests' PostgreSQL loads extension libraries from (`$libdir`).
+pub fn pkglibdir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| pg_config_dir(pg_config(), "--pkglibdir"))
 }
 
 /// A port nobody listens on right now.
@@ -40,13 +76,18 @@ impl Cluster {
 
     /// initdb + start only (no database, no extension).
     pub fn init(name: &str, conf: &[&str]) -> Cluster {
+        Self::init_from(pg_config(), name, conf)
+    }
+
+    /// initdb + start with the PostgreSQL install that `pg_config` belongs to.
+    pub fn init_from(pg_config: &Path, name: &str, conf: &[&str]) -> Cluster {
         let dir = repo().join("target/it").join(format!("{name}-{}", std::process::id()));
         let port = free_port();
         let mut cmd = Command::new("bash");
         cmd.arg(repo().join("scripts/cluster.sh")).arg("start").arg(&dir).arg(port.to_string());
-        cmd.args(conf);
+        cmd.args(conf).env("PG_CONFIG", pg_config);
         let out = cmd.output().expect("run scripts/cluster.sh");
-        let cluster = Cluster { dir, port };
+        let cluster = Cluster { dir, port, pg_config: pg_config.to_owned() };
         assert!(
             out.status.success(),
             "cluster {name} did not start: {}\n{}",
@@ -61,7 +102,8 @@ impl Cluster {
     pub fn start_standby(&self, name: &str) -> Cluster {
         let dir = repo().join("target/it").join(format!("{name}-{}", std::process::id()));
         let port = free_port();
-        let pg_bin = format!("{}/usr/lib/postgresql/15/bin", std::env::var("PG_ROOT").unwrap_or_default());
+        let pg_bin = self.bindir();
+        let pg_bin = pg_bin.display();
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let sh = |cmd: &str| {
@@ -78,7 +120,28 @@ impl Cluster {
             "printf \"port = {port}\\nunix_socket_directories = '{d}'\\nhot_standby = on\\n\" >> {d}/data/postgresql.conf"
         ));
         sh(&format!("sudo -u postgres {pg_bin}/pg_ctl -D {d}/data -l {d}/server.log -w start"));
-        Cluster { dir, port }
+        Cluster { dir, port, pg_config: self.pg_config.clone() }
+    }
+
+    /// The binaries this cluster runs.
+    pub fn bindir(&self) -> PathBuf {
+        pg_config_dir(&self.pg_config, "--bindir")
+    }
+
+    /// `pg_ctl restart` as the postgres OS user: a clean shutdown, then a start that loads
+    /// shared_preload_libraries afresh.
+    pub fn restart(&self) {
+        let out = Command::new("sudo")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bindir().join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-m", "fast", "-w", "restart"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl restart: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
     }
 
     pub fn url(&self, db: &str) -> String {
@@ -142,6 +205,7 @@ impl Cluster {
             .arg(repo().join("scripts/cluster.sh"))
             .arg("stop")
             .arg(&self.dir)
+            .env("PG_CONFIG", &self.pg_config)
             .output();
     }
 }
