@@ -321,14 +321,10 @@ impl Drop for PgBouncer {
     }
 }
 
-/// The directory of the PostgreSQL programs the tests run (pg_dump, psql, pg_ctl, ...).
-pub fn pg_bin() -> String {
-    format!("{}/usr/lib/postgresql/15/bin", std::env::var("PG_ROOT").unwrap_or_default())
-}
-
-/// Run a PostgreSQL client program; panics with its output when it fails.
+/// Run a PostgreSQL client program of the tests' PostgreSQL (pg_dump, psql, ...); panics with
+/// its output when it fails, else returns its standard error.
 pub fn run_pg(program: &str, args: &[&str]) -> String {
-    let out = Command::new(format!("{}/{program}", pg_bin())).args(args).output().unwrap();
+    let out = Command::new(bindir().join(program)).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{program} {args:?} failed:\n{}\n{}",
