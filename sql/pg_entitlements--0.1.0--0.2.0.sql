@@ -173,6 +173,151 @@ ALTER TABLE entitlements.stripe_customer_locks ENABLE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('entitlements.stripe_events_arrival_seq', '');
 
 -- ---------------------------------------------------------------------------------------
+-- Members: who may ask about a workspace. `role` is the application's own label (owner,
+-- member, billing, ...): kept and shown, never acted on by the extension.
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION entitlements.add_member(workspace_id uuid, user_id text, role text DEFAULT 'member')
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF workspace_id IS NULL OR user_id IS NULL OR role IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: workspace_id, user_id and role must not be NULL'
+            USING ERRCODE = '22004';
+    END IF;
+    IF user_id = '' THEN
+        RAISE EXCEPTION 'pg_entitlements: user_id must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM entitlements.workspaces w WHERE w.workspace_id = add_member.workspace_id) THEN
+        RAISE EXCEPTION 'pg_entitlements: workspace % is not registered', workspace_id
+            USING ERRCODE = '22023',
+                  HINT = 'Register it first: entitlements.register_workspace(workspace_id), or attach the workspaces table.';
+    END IF;
+    INSERT INTO entitlements.workspace_members AS m (workspace_id, user_id, role)
+    VALUES (add_member.workspace_id, add_member.user_id, add_member.role)
+    ON CONFLICT ON CONSTRAINT workspace_members_pkey DO UPDATE SET role = EXCLUDED.role
+     WHERE m.role IS DISTINCT FROM EXCLUDED.role;
+END
+$$;
+
+CREATE FUNCTION entitlements.remove_member(workspace_id uuid, user_id text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM entitlements.workspace_members m
+     WHERE m.workspace_id = remove_member.workspace_id AND m.user_id = remove_member.user_id;
+    RETURN FOUND;
+END
+$$;
+
+-- Keeps workspace_members in step with a membership table of the app's own. TG_ARGV: the
+-- workspace column, the user column. A pair the app's table still holds in another row stays
+-- a member (the app's table may list a pair twice). A new pair's workspace is registered:
+-- the app's row says the workspace exists.
+CREATE FUNCTION entitlements.membership_table_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    old_ws uuid;
+    old_user text;
+    new_ws uuid;
+    new_user text;
+    still_there boolean;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        old_ws := (to_jsonb(OLD) ->> TG_ARGV[0])::uuid;
+        old_user := to_jsonb(OLD) ->> TG_ARGV[1];
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        new_ws := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
+        new_user := to_jsonb(NEW) ->> TG_ARGV[1];
+    END IF;
+    IF old_ws IS NOT NULL AND old_user IS NOT NULL
+       AND (old_ws IS DISTINCT FROM new_ws OR old_user IS DISTINCT FROM new_user) THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I = $1 AND %I::text = $2)',
+                       TG_RELID::regclass, TG_ARGV[0], TG_ARGV[1])
+           INTO still_there USING old_ws, old_user;
+        IF NOT still_there THEN
+            DELETE FROM entitlements.workspace_members m
+             WHERE m.workspace_id = old_ws AND m.user_id = old_user;
+        END IF;
+    END IF;
+    IF new_ws IS NOT NULL AND new_user IS NOT NULL AND new_user <> '' THEN
+        PERFORM entitlements.register_workspace(new_ws);
+        INSERT INTO entitlements.workspace_members (workspace_id, user_id) VALUES (new_ws, new_user)
+        ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION entitlements.attach_membership_table(tbl regclass, workspace_column name, user_column name)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ws_type regtype;
+    user_type regtype;
+    user_category "char";
+BEGIN
+    IF tbl IS NULL OR workspace_column IS NULL OR user_column IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: tbl, workspace_column and user_column must not be NULL'
+            USING ERRCODE = '22004';
+    END IF;
+    SELECT a.atttypid::regtype INTO ws_type
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = workspace_column AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT a.atttypid::regtype, t.typcategory INTO user_type, user_category
+      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = tbl AND a.attname = user_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF ws_type IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: table % has no column "%"', tbl, workspace_column
+            USING ERRCODE = '22023';
+    END IF;
+    IF user_type IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: table % has no column "%"', tbl, user_column
+            USING ERRCODE = '22023';
+    END IF;
+    IF ws_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'pg_entitlements: column "%" of % is %, not uuid', workspace_column, tbl, ws_type
+            USING ERRCODE = '22023';
+    END IF;
+    -- The string category: text, varchar, char, name (and citext).
+    IF user_category <> 'S' THEN
+        RAISE EXCEPTION 'pg_entitlements: column "%" of % is %, not text', user_column, tbl, user_type
+            USING ERRCODE = '22023';
+    END IF;
+    -- As for attach_workspace_table: this runs as the extension's owner and must not become a
+    -- way to put a trigger on (and read) a table the calling session could not alter itself.
+    IF NOT pg_catalog.pg_has_role(session_user,
+                                  (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = tbl),
+                                  'USAGE') THEN
+        RAISE EXCEPTION 'pg_entitlements: must be the owner of table % to attach it', tbl
+            USING ERRCODE = '42501';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                WHERE t.tgrelid = tbl AND t.tgname = 'entitlements_sync_membership') THEN
+        EXECUTE format('DROP TRIGGER entitlements_sync_membership ON %s', tbl);
+    END IF;
+    EXECUTE format('CREATE TRIGGER entitlements_sync_membership AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION entitlements.membership_table_trigger(%L, %L)',
+                   tbl, workspace_column, user_column);
+    -- The memberships that existed before the table was attached are imported now.
+    EXECUTE format('SELECT entitlements.register_workspace(w) FROM (SELECT DISTINCT %I AS w FROM %s '
+                   'WHERE %I IS NOT NULL AND %I IS NOT NULL) s',
+                   workspace_column, tbl, workspace_column, user_column);
+    EXECUTE format('INSERT INTO entitlements.workspace_members (workspace_id, user_id) '
+                   'SELECT DISTINCT %I, %I::text FROM %s WHERE %I IS NOT NULL AND %I IS NOT NULL '
+                   'AND %I::text <> '''' ON CONFLICT DO NOTHING',
+                   workspace_column, user_column, tbl, workspace_column, user_column, user_column);
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------
 -- Least privilege (sql/security.sql): the roles, the writer's policy, and the grants.
 -- ---------------------------------------------------------------------------------------
 DO $roles$

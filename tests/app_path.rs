@@ -1,0 +1,142 @@
+//! The application developer's path, over TCP with real LOGIN roles: members, workspaces,
+//! the admin and reader roles, the catalog, paywall answers and change notifications.
+#![cfg(not(feature = "pg_test"))]
+
+mod common;
+use common::*;
+
+fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+/// A LOGIN role granted entitlements_app, connected over TCP.
+fn app_login(pg: &Cluster, admin: &mut Client, role: &str) -> Client {
+    exec(admin, &format!("CREATE ROLE {role} LOGIN; GRANT entitlements_app TO {role};"));
+    pg.connect_as(role, "app")
+}
+
+/// `(enabled, reason)` of a check made for `user` inside a transaction, as an app does it.
+fn check_as(app: &mut Client, user: &str, ws: &uuid_string::Ws, feature: &str) -> Result<(bool, Option<String>), String> {
+    let mut tx = app.transaction().unwrap();
+    tx.batch_execute(&format!("SET LOCAL pg_entitlements.user_id = '{user}'")).unwrap();
+    let r = tx
+        .query_one(&format!("SELECT enabled, reason FROM entitlements.entitlement_check({ws}, $1)"), &[&feature])
+        .map(|row| (row.get(0), row.get(1)))
+        .map_err(|e| e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| e.to_string()));
+    let _ = tx.rollback();
+    r
+}
+
+fn members(c: &mut Client, ws: &uuid_string::Ws) -> Vec<(String, String)> {
+    c.query(&format!("SELECT user_id, role FROM entitlements.workspace_members WHERE workspace_id = {ws} ORDER BY 1"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+fn pair(u: &str, r: &str) -> (String, String) {
+    (u.to_owned(), r.to_owned())
+}
+
+#[test]
+fn add_member_gives_access_updates_the_role_and_remove_member_takes_it_away() {
+    let pg = Cluster::start("app-members");
+    let mut admin = pg.connect();
+    let mut app = app_login(&pg, &mut admin, "web_app");
+    let ws = new_workspace(&mut admin);
+
+    assert_eq!(sqlstate(&mut admin, &format!("SELECT entitlements.add_member({ws}, 'alice')")), "22023", "unregistered");
+    assert_eq!(sqlstate(&mut admin, &format!("SELECT entitlements.add_member({ws}, NULL)")), "22004");
+    exec(&mut admin, &format!("SELECT entitlements.register_workspace({ws})"));
+    assert_eq!(check_as(&mut app, "alice", &ws, "ccp-01"), Err("42501".into()));
+
+    exec(&mut admin, &format!("SELECT entitlements.add_member({ws}, 'alice')"));
+    assert_eq!(members(&mut admin, &ws), vec![pair("alice", "member")]);
+    assert_eq!(check_as(&mut app, "alice", &ws, "ccp-01"), Ok((true, None)));
+    assert_eq!(check_as(&mut app, "bob", &ws, "ccp-01"), Err("42501".into()));
+
+    // Adding again updates the role; still one membership.
+    exec(&mut admin, &format!("SELECT entitlements.add_member({ws}, 'alice', 'owner')"));
+    assert_eq!(members(&mut admin, &ws), vec![pair("alice", "owner")]);
+
+    let removed: bool = admin.query_one(&format!("SELECT entitlements.remove_member({ws}, 'alice')"), &[]).unwrap().get(0);
+    assert!(removed);
+    assert_eq!(check_as(&mut app, "alice", &ws, "ccp-01"), Err("42501".into()));
+    let again: bool = admin.query_one(&format!("SELECT entitlements.remove_member({ws}, 'alice')"), &[]).unwrap().get(0);
+    assert!(!again, "nothing left to remove");
+}
+
+#[test]
+fn an_attached_membership_table_keeps_members_in_step_on_insert_update_and_delete() {
+    let pg = Cluster::start("app-member-table");
+    let mut admin = pg.connect();
+    let mut app = app_login(&pg, &mut admin, "web_app");
+    let ws = new_workspace(&mut admin);
+    let ws2 = new_workspace(&mut admin);
+    exec(
+        &mut admin,
+        &format!(
+            "CREATE TABLE public.memberships (id serial PRIMARY KEY, workspace uuid NOT NULL, login varchar(64));
+             INSERT INTO public.memberships (workspace, login) VALUES ({ws}, 'alice'), ({ws}, NULL);
+             SELECT entitlements.attach_membership_table('public.memberships', 'workspace', 'login');"
+        ),
+    );
+    // The row that existed before is imported (and its workspace registered); the NULL is not.
+    assert_eq!(members(&mut admin, &ws), vec![pair("alice", "member")]);
+    assert_eq!(check_as(&mut app, "alice", &ws, "ccp-01"), Ok((true, None)));
+
+    exec(&mut admin, &format!("INSERT INTO public.memberships (workspace, login) VALUES ({ws}, 'bob')"));
+    assert_eq!(check_as(&mut app, "bob", &ws, "ccp-01"), Ok((true, None)));
+
+    // UPDATE moves a membership: bob leaves ws for ws2 (registered by the trigger).
+    exec(&mut admin, &format!("UPDATE public.memberships SET workspace = {ws2} WHERE login = 'bob'"));
+    assert_eq!(check_as(&mut app, "bob", &ws, "ccp-01"), Err("42501".into()));
+    assert_eq!(check_as(&mut app, "bob", &ws2, "ccp-01"), Ok((true, None)));
+
+    // A pair listed twice stays a member until its last row goes.
+    exec(&mut admin, &format!("INSERT INTO public.memberships (workspace, login) VALUES ({ws}, 'alice')"));
+    exec(&mut admin, "DELETE FROM public.memberships WHERE id = (SELECT min(id) FROM public.memberships WHERE login = 'alice')");
+    assert_eq!(check_as(&mut app, "alice", &ws, "ccp-01"), Ok((true, None)));
+    exec(&mut admin, "DELETE FROM public.memberships WHERE login = 'alice'");
+    assert_eq!(check_as(&mut app, "alice", &ws, "ccp-01"), Err("42501".into()));
+    assert_eq!(members(&mut admin, &ws), vec![]);
+
+    // Attaching again replaces the trigger without a NOTICE and keeps one trigger.
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = notices.clone();
+    let mut cfg: postgres::Config = pg.url("app").parse().unwrap();
+    cfg.notice_callback(move |n| seen.lock().unwrap().push(n.message().to_owned()));
+    let mut again = cfg.connect(NoTls).unwrap();
+    exec(&mut again, "SELECT entitlements.attach_membership_table('public.memberships', 'workspace', 'login')");
+    assert_eq!(*notices.lock().unwrap(), Vec::<String>::new());
+    assert_eq!(count(&mut admin, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.memberships'::regclass AND NOT tgisinternal"), 1);
+
+    // Wrong column types: 22023.
+    exec(&mut admin, "CREATE TABLE public.bad (ws text, uid int)");
+    assert_eq!(sqlstate(&mut admin, "SELECT entitlements.attach_membership_table('public.bad', 'ws', 'uid')"), "22023");
+    exec(&mut admin, "ALTER TABLE public.bad ALTER COLUMN ws TYPE uuid USING NULL");
+    assert_eq!(sqlstate(&mut admin, "SELECT entitlements.attach_membership_table('public.bad', 'ws', 'uid')"), "22023");
+    assert_eq!(sqlstate(&mut admin, "SELECT entitlements.attach_membership_table('public.bad', 'ws', 'nope')"), "22023");
+}
+
+#[test]
+fn attach_membership_table_refuses_a_table_the_caller_does_not_own() {
+    let pg = Cluster::start("app-member-owner");
+    let mut admin = pg.connect();
+    exec(
+        &mut admin,
+        "CREATE ROLE victim LOGIN; CREATE ROLE admin_x LOGIN;
+         CREATE TABLE public.their_members (ws uuid, uid text); ALTER TABLE public.their_members OWNER TO victim;
+         INSERT INTO public.their_members VALUES (gen_random_uuid(), 'mallory');
+         GRANT USAGE ON SCHEMA entitlements TO admin_x;
+         GRANT EXECUTE ON FUNCTION entitlements.attach_membership_table(regclass, name, name) TO admin_x;",
+    );
+    let mut other = pg.connect_as("admin_x", "app");
+    assert_eq!(
+        sqlstate(&mut other, "SELECT entitlements.attach_membership_table('public.their_members', 'ws', 'uid')"),
+        "42501"
+    );
+    assert_eq!(count(&mut admin, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.their_members'::regclass"), 0);
+    assert_eq!(count(&mut admin, "SELECT count(*) FROM entitlements.workspace_members"), 0);
+}
