@@ -59,6 +59,28 @@ BEGIN
 END
 $$;
 
+-- Unregistering removes what the extension keeps for the workspace's decisions: the
+-- registration, its members, its overrides and its billing state (a returning workspace starts
+-- as free, like a new one). The billing history (stripe_events, stripe_customers,
+-- stripe_subscriptions) and the audit trail stay: replay_stripe_events(workspace_id) rebuilds
+-- the billing state from that history, and a later Stripe event for a customer still linked to
+-- the workspace registers it again, as any billing state does.
+CREATE FUNCTION entitlements.unregister_workspace(workspace_id uuid) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF workspace_id IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: workspace_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    DELETE FROM entitlements.workspace_members m WHERE m.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.overrides o WHERE o.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.billing_state b WHERE b.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.workspaces w WHERE w.workspace_id = unregister_workspace.workspace_id;
+    RETURN FOUND;
+END
+$$;
+
 -- billing_state: keep past_due_since and updated_at right on every path (the functions, a
 -- direct UPDATE by a privileged role, Stripe ingestion).
 CREATE FUNCTION entitlements.billing_state_before() RETURNS trigger
@@ -229,16 +251,24 @@ BEGIN
 END
 $$;
 
--- Registers every new row of the app's own workspaces table.
+-- Registers every new row of the app's own workspaces table, and unregisters deleted ones.
 CREATE FUNCTION entitlements.register_workspace_trigger() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    ws uuid := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
+    ws uuid;
 BEGIN
-    IF ws IS NOT NULL THEN
-        PERFORM entitlements.register_workspace(ws);
+    IF TG_OP = 'DELETE' THEN
+        ws := (to_jsonb(OLD) ->> TG_ARGV[0])::uuid;
+        IF ws IS NOT NULL THEN
+            PERFORM entitlements.unregister_workspace(ws);
+        END IF;
+    ELSE
+        ws := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
+        IF ws IS NOT NULL THEN
+            PERFORM entitlements.register_workspace(ws);
+        END IF;
     END IF;
     RETURN NULL;
 END
@@ -277,7 +307,7 @@ BEGIN
                 WHERE t.tgrelid = tbl AND t.tgname = 'entitlements_register_workspace') THEN
         EXECUTE format('DROP TRIGGER entitlements_register_workspace ON %s', tbl);
     END IF;
-    EXECUTE format('CREATE TRIGGER entitlements_register_workspace AFTER INSERT ON %s '
+    EXECUTE format('CREATE TRIGGER entitlements_register_workspace AFTER INSERT OR DELETE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION entitlements.register_workspace_trigger(%L)',
                    tbl, id_column);
     -- Workspaces that existed before the table was attached are registered now.

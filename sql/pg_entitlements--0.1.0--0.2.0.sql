@@ -96,6 +96,51 @@ CREATE TRIGGER billing_state_after AFTER INSERT OR UPDATE OF workspace_id ON ent
     FOR EACH ROW EXECUTE FUNCTION entitlements.billing_state_after();
 
 
+-- Unregistering removes what the extension keeps for the workspace's decisions: the
+-- registration, its members, its overrides and its billing state (a returning workspace starts
+-- as free, like a new one). The billing history (stripe_events, stripe_customers,
+-- stripe_subscriptions) and the audit trail stay: replay_stripe_events(workspace_id) rebuilds
+-- the billing state from that history, and a later Stripe event for a customer still linked to
+-- the workspace registers it again, as any billing state does.
+CREATE FUNCTION entitlements.unregister_workspace(workspace_id uuid) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF workspace_id IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: workspace_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    DELETE FROM entitlements.workspace_members m WHERE m.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.overrides o WHERE o.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.billing_state b WHERE b.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.workspaces w WHERE w.workspace_id = unregister_workspace.workspace_id;
+    RETURN FOUND;
+END
+$$;
+
+-- Registers every new row of the app's own workspaces table, and unregisters deleted ones.
+CREATE OR REPLACE FUNCTION entitlements.register_workspace_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ws uuid;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        ws := (to_jsonb(OLD) ->> TG_ARGV[0])::uuid;
+        IF ws IS NOT NULL THEN
+            PERFORM entitlements.unregister_workspace(ws);
+        END IF;
+    ELSE
+        ws := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
+        IF ws IS NOT NULL THEN
+            PERFORM entitlements.register_workspace(ws);
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION entitlements.attach_workspace_table(tbl regclass, id_column name) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -129,7 +174,7 @@ BEGIN
                 WHERE t.tgrelid = tbl AND t.tgname = 'entitlements_register_workspace') THEN
         EXECUTE format('DROP TRIGGER entitlements_register_workspace ON %s', tbl);
     END IF;
-    EXECUTE format('CREATE TRIGGER entitlements_register_workspace AFTER INSERT ON %s '
+    EXECUTE format('CREATE TRIGGER entitlements_register_workspace AFTER INSERT OR DELETE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION entitlements.register_workspace_trigger(%L)',
                    tbl, id_column);
     -- Workspaces that existed before the table was attached are registered now.
@@ -137,6 +182,26 @@ BEGIN
                    id_column, tbl, id_column);
 END
 $$;
+
+-- Tables attached before: their trigger now also unregisters deleted workspaces.
+DO $attached$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT tg.tgrelid::pg_catalog.regclass AS tbl,
+                    pg_catalog.convert_from(pg_catalog.substr(tg.tgargs, 1,
+                        pg_catalog.length(tg.tgargs) OPERATOR(pg_catalog.-) 1), 'UTF8') AS id_column
+               FROM pg_catalog.pg_trigger tg
+              WHERE tg.tgname OPERATOR(pg_catalog.=) 'entitlements_register_workspace' AND tg.tgnargs OPERATOR(pg_catalog.=) 1
+                AND tg.tgfoid OPERATOR(pg_catalog.=) 'entitlements.register_workspace_trigger()'::pg_catalog.regprocedure
+    LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER entitlements_register_workspace ON %s', t.tbl);
+        EXECUTE pg_catalog.format('CREATE TRIGGER entitlements_register_workspace AFTER INSERT OR DELETE ON %s '
+                                  'FOR EACH ROW EXECUTE FUNCTION entitlements.register_workspace_trigger(%L)',
+                                  t.tbl, t.id_column);
+    END LOOP;
+END
+$attached$;
 
 CREATE VIEW entitlements.entitlements WITH (security_invoker = true) AS
 SELECT w.workspace_id, d.feature, d.tier, d.enabled, d.reason AS reason_code, d.valid_until,

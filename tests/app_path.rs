@@ -140,3 +140,78 @@ fn attach_membership_table_refuses_a_table_the_caller_does_not_own() {
     assert_eq!(count(&mut admin, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.their_members'::regclass"), 0);
     assert_eq!(count(&mut admin, "SELECT count(*) FROM entitlements.workspace_members"), 0);
 }
+
+#[test]
+fn unregister_workspace_removes_registration_members_overrides_and_billing_state_and_keeps_the_history() {
+    let pg = Cluster::start_with("app-unregister", &["pg_entitlements.audit_database = 'app'"]);
+    let mut admin = pg.connect();
+    let ws = new_workspace(&mut admin);
+    let other = new_workspace(&mut admin);
+    for w in [&ws, &other] {
+        exec(
+            &mut admin,
+            &format!(
+                "SELECT entitlements.sync_billing_state({w}, 'pro', 'active');
+                 SELECT entitlements.set_override({w}, 'ccp-13', true);
+                 SELECT entitlements.add_member({w}, 'alice', 'owner');"
+            ),
+        );
+    }
+    exec(&mut admin, &format!("SELECT entitlements.link_stripe_customer({ws}, 'cus_gone')"));
+    assert_eq!(check(&mut admin, &ws, "ccp-05"), (true, None));
+    admin.query_one("SELECT entitlements.flush_audit()", &[]).unwrap();
+    let audit_before = count(&mut admin, &format!("SELECT count(*) FROM entitlements.entitlement_checks WHERE workspace_id = {ws}"));
+    assert_eq!(audit_before, 1);
+
+    let removed: bool = admin.query_one(&format!("SELECT entitlements.unregister_workspace({ws})"), &[]).unwrap().get(0);
+    assert!(removed);
+    for table in ["workspaces", "workspace_members", "overrides", "billing_state"] {
+        assert_eq!(count(&mut admin, &format!("SELECT count(*) FROM entitlements.{table} WHERE workspace_id = {ws}")), 0, "{table}");
+        assert_eq!(count(&mut admin, &format!("SELECT count(*) FROM entitlements.{table} WHERE workspace_id = {other}")), 1, "{table} of another workspace");
+    }
+    assert_eq!(count(&mut admin, &format!("SELECT count(*) FROM entitlements.entitlements WHERE workspace_id = {ws}")), 0, "no matrix rows");
+    // The billing history and the audit trail stay.
+    assert_eq!(count(&mut admin, &format!("SELECT count(*) FROM entitlements.stripe_customers WHERE workspace_id = {ws}")), 1);
+    assert_eq!(count(&mut admin, &format!("SELECT count(*) FROM entitlements.entitlement_checks WHERE workspace_id = {ws}")), audit_before);
+    // Its decisions are a new workspace's (free, no override), from the cache's point of view too.
+    assert_eq!(check(&mut admin, &ws, "ccp-05"), (false, Some("TIER_INSUFFICIENT".into())));
+    assert_eq!(check(&mut admin, &ws, "ccp-13"), (false, Some("TIER_INSUFFICIENT".into())));
+
+    let again: bool = admin.query_one(&format!("SELECT entitlements.unregister_workspace({ws})"), &[]).unwrap().get(0);
+    assert!(!again);
+    assert_eq!(sqlstate(&mut admin, "SELECT entitlements.unregister_workspace(NULL)"), "22004");
+}
+
+#[test]
+fn deleting_a_row_of_an_attached_workspaces_table_unregisters_it_without_notices() {
+    let pg = Cluster::start("app-attach-delete");
+    let mut admin = pg.connect();
+    let mut owner = app_login(&pg, &mut admin, "web_app");
+    exec(
+        &mut admin,
+        "CREATE TABLE public.workspaces (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text);
+         ALTER TABLE public.workspaces OWNER TO web_app;
+         GRANT EXECUTE ON FUNCTION entitlements.attach_workspace_table(regclass, name) TO web_app;",
+    );
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = notices.clone();
+    let mut cfg: postgres::Config = format!("host=127.0.0.1 port={} user=web_app dbname=app", pg.port).parse().unwrap();
+    cfg.notice_callback(move |n| seen.lock().unwrap().push(n.message().to_owned()));
+    let mut noticed = cfg.connect(NoTls).unwrap();
+    exec(&mut owner, "INSERT INTO public.workspaces (name) VALUES ('acme'), ('globex')");
+    exec(&mut noticed, "SELECT entitlements.attach_workspace_table('public.workspaces', 'id')");
+    exec(&mut noticed, "SELECT entitlements.attach_workspace_table('public.workspaces', 'id')");
+    assert_eq!(*notices.lock().unwrap(), Vec::<String>::new(), "attaching (twice) says nothing");
+    let acme: String = admin.query_one("SELECT id::text FROM public.workspaces WHERE name = 'acme'", &[]).unwrap().get(0);
+    let acme = uuid_string::Ws(acme);
+    exec(&mut admin, &format!("SELECT entitlements.sync_billing_state({acme}, 'pro', 'active'); SELECT entitlements.add_member({acme}, 'alice')"));
+    assert_eq!(count(&mut admin, "SELECT count(*) FROM entitlements.workspaces"), 2);
+
+    // The app deletes its own row, as its own role.
+    exec(&mut noticed, "DELETE FROM public.workspaces WHERE name = 'acme'");
+    assert_eq!(*notices.lock().unwrap(), Vec::<String>::new(), "deleting says nothing");
+    assert_eq!(count(&mut admin, &format!("SELECT count(*) FROM entitlements.workspaces WHERE workspace_id = {acme}")), 0);
+    assert_eq!(count(&mut admin, &format!("SELECT count(*) FROM entitlements.billing_state WHERE workspace_id = {acme}")), 0);
+    assert_eq!(count(&mut admin, &format!("SELECT count(*) FROM entitlements.workspace_members WHERE workspace_id = {acme}")), 0);
+    assert_eq!(count(&mut admin, "SELECT count(*) FROM entitlements.workspaces"), 1, "globex stays");
+}
