@@ -215,3 +215,167 @@ fn deleting_a_row_of_an_attached_workspaces_table_unregisters_it_without_notices
     assert_eq!(count(&mut admin, &format!("SELECT count(*) FROM entitlements.workspace_members WHERE workspace_id = {acme}")), 0);
     assert_eq!(count(&mut admin, "SELECT count(*) FROM entitlements.workspaces"), 1, "globex stays");
 }
+
+/// Rows a statement affected, or its SQLSTATE.
+fn affected(c: &mut Client, sql: &str) -> Result<u64, String> {
+    c.execute(sql, &[]).map_err(|e| e.code().map(|s| s.code().to_owned()).unwrap_or_else(|| e.to_string()))
+}
+
+#[test]
+fn entitlements_admin_runs_every_admin_function_and_writes_the_admin_tables() {
+    let pg = Cluster::start("app-admin-role");
+    let mut su = pg.connect();
+    exec(
+        &mut su,
+        "CREATE ROLE billing_admin LOGIN; GRANT entitlements_admin TO billing_admin;
+         CREATE TABLE public.teams (id uuid PRIMARY KEY); ALTER TABLE public.teams OWNER TO billing_admin;
+         CREATE TABLE public.team_members (team uuid, login text); ALTER TABLE public.team_members OWNER TO billing_admin;",
+    );
+    let ws = new_workspace(&mut su);
+    let mut admin = pg.connect_as("billing_admin", "app");
+    for sql in [
+        format!("SELECT entitlements.register_workspace({ws})"),
+        format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'active')"),
+        format!("SELECT entitlements.set_override({ws}, 'ccp-13', true)"),
+        format!("SELECT entitlements.clear_override({ws}, 'ccp-13')"),
+        format!("SELECT entitlements.add_member({ws}, 'alice', 'owner')"),
+        format!("SELECT entitlements.remove_member({ws}, 'alice')"),
+        format!("SELECT entitlements.unregister_workspace({ws})"),
+        "SELECT entitlements.attach_workspace_table('public.teams', 'id')".to_owned(),
+        "SELECT entitlements.attach_membership_table('public.team_members', 'team', 'login')".to_owned(),
+        format!("SELECT entitlements.link_stripe_customer({ws}, 'cus_admin')"),
+        format!("SELECT entitlements.replay_stripe_events({ws})"),
+        "SELECT entitlements.add_webhook_secret('whsec_admin_role')".to_owned(),
+        "SELECT entitlements.revoke_webhook_secret('whsec_admin_role')".to_owned(),
+    ] {
+        exec(&mut admin, &sql);
+    }
+    exec(&mut admin, &format!("SELECT entitlements.register_workspace({ws})"));
+    // Direct writes: each statement reaches its row (not an RLS violation, not UPDATE 0).
+    for (sql, rows) in [
+        ("INSERT INTO entitlements.tiers VALUES ('team', 10, 'Team')".to_owned(), 1),
+        ("UPDATE entitlements.tiers SET description = 'Team plan' WHERE tier = 'team'".to_owned(), 1),
+        ("INSERT INTO entitlements.features VALUES ('ccp-99', 'team', 'Team feature')".to_owned(), 1),
+        ("UPDATE entitlements.features SET min_tier = 'pro' WHERE feature = 'ccp-99'".to_owned(), 1),
+        (format!("INSERT INTO entitlements.overrides (workspace_id, feature, enabled) VALUES ({ws}, 'ccp-99', false)"), 1),
+        (format!("UPDATE entitlements.overrides SET enabled = true WHERE workspace_id = {ws}"), 1),
+        (format!("INSERT INTO entitlements.workspace_members VALUES ({ws}, 'bob', 'member')"), 1),
+        (format!("UPDATE entitlements.workspace_members SET role = 'billing' WHERE workspace_id = {ws}"), 1),
+        ("INSERT INTO entitlements.stripe_price_tiers VALUES ('price_team', 'team')".to_owned(), 1),
+        ("UPDATE entitlements.stripe_price_tiers SET tier = 'pro' WHERE stripe_id = 'price_team'".to_owned(), 1),
+        ("DELETE FROM entitlements.stripe_price_tiers WHERE stripe_id = 'price_team'".to_owned(), 1),
+        (format!("DELETE FROM entitlements.workspace_members WHERE workspace_id = {ws}"), 1),
+        (format!("DELETE FROM entitlements.overrides WHERE workspace_id = {ws}"), 1),
+        ("DELETE FROM entitlements.features WHERE feature = 'ccp-99'".to_owned(), 1),
+        ("DELETE FROM entitlements.tiers WHERE tier = 'team'".to_owned(), 1),
+    ] {
+        assert_eq!(affected(&mut admin, &sql), Ok(rows), "{sql}");
+    }
+    // Not an admin's: the secrets, the audit trail, billing state behind the functions' back.
+    assert_eq!(affected(&mut admin, "SELECT * FROM entitlements.webhook_secrets"), Err("42501".into()));
+    assert_eq!(affected(&mut admin, "DELETE FROM entitlements.entitlement_checks"), Err("42501".into()));
+    assert_eq!(affected(&mut admin, "DELETE FROM entitlements.billing_state"), Err("42501".into()));
+    assert_eq!(affected(&mut admin, "SELECT entitlements.prune_audit('1 day')"), Err("42501".into()));
+    // And the admin's edits are what checks answer from.
+    exec(&mut admin, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'active')"));
+    exec(&mut admin, "UPDATE entitlements.features SET min_tier = 'pro' WHERE feature = 'ccp-13'");
+    assert_eq!(check(&mut su, &ws, "ccp-13"), (true, None));
+}
+
+#[test]
+fn entitlements_reader_reads_every_workspace_and_cannot_write_anything() {
+    let pg = Cluster::start_with("app-reader-role", &["pg_entitlements.audit_database = 'app'"]);
+    let mut su = pg.connect();
+    let a = new_workspace(&mut su);
+    let b = new_workspace(&mut su);
+    exec(
+        &mut su,
+        &format!(
+            "CREATE ROLE support LOGIN; GRANT entitlements_reader TO support;
+             SELECT entitlements.sync_billing_state({a}, 'pro', 'active');
+             SELECT entitlements.sync_billing_state({b}, 'enterprise', 'past_due');
+             SELECT entitlements.set_override({a}, 'ccp-13', true);
+             SELECT entitlements.add_member({a}, 'alice'); SELECT entitlements.add_member({b}, 'bob');
+             INSERT INTO entitlements.stripe_price_tiers VALUES ('price_pro', 'pro');
+             SELECT entitlements.add_webhook_secret('whsec_reader');
+             SELECT entitlements.link_stripe_customer({a}, 'cus_reader');"
+        ),
+    );
+    let payload = format!(
+        r#"{{"id":"evt_reader","object":"event","type":"customer.subscription.updated","created":{},
+            "data":{{"object":{{"id":"sub_r","object":"subscription","customer":"cus_reader","status":"active",
+            "cancel_at_period_end":false,"items":{{"object":"list","data":[{{"id":"si","object":"subscription_item",
+            "price":{{"id":"price_pro","object":"price","product":"prod"}}}}]}}}}}}}}"#,
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 5
+    );
+    let header: String = su.query_one("SELECT entitlements.sign_stripe_payload($1, 'whsec_reader')", &[&payload]).unwrap().get(0);
+    su.query_one("SELECT outcome FROM entitlements.apply_stripe_event($1, $2)", &[&payload, &header]).unwrap();
+    check(&mut su, &a, "ccp-05");
+    check(&mut su, &b, "ccp-05");
+    assert_eq!(check(&mut su, &a, "ccp-10").0, false, "a denial for denials_by_reason");
+    su.query_one("SELECT entitlements.flush_audit()", &[]).unwrap();
+
+    let mut reader = pg.connect_as("support", "app");
+    // Every table and view of the schema but the secrets and the superusers' cache view: the
+    // reader sees what a superuser sees, across workspaces.
+    let relations: Vec<String> = su
+        .query(
+            "SELECT c.oid::regclass::text FROM pg_class c
+              WHERE c.relnamespace = 'entitlements'::regnamespace AND c.relkind IN ('r', 'v')
+                AND c.relname NOT IN ('webhook_secrets', 'entitlement_cache') ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(relations.len() >= 17, "{relations:?}");
+    for rel in &relations {
+        let all = count(&mut su, &format!("SELECT count(*) FROM {rel}"));
+        assert!(all > 0, "{rel} has rows to read");
+        let seen = reader.query_one(&format!("SELECT count(*) FROM {rel}"), &[]).map(|r| r.get::<_, i64>(0));
+        assert_eq!(seen.map_err(|e| e.to_string()), Ok(all), "{rel}");
+    }
+    assert_eq!(affected(&mut reader, "SELECT * FROM entitlements.webhook_secrets"), Err("42501".into()));
+
+    // Nothing it can write: every table, every kind of write; no admin function; no audited check.
+    let tables: Vec<String> = su
+        .query("SELECT c.oid::regclass::text FROM pg_class c WHERE c.relnamespace = 'entitlements'::regnamespace AND c.relkind = 'r' ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for t in &tables {
+        for sql in [
+            format!("INSERT INTO {t} DEFAULT VALUES"),
+            format!("UPDATE {t} SET {col} = {col}", col = first_column(&mut su, t)),
+            format!("DELETE FROM {t}"),
+            format!("TRUNCATE {t}"),
+        ] {
+            assert_eq!(affected(&mut reader, &sql), Err("42501".into()), "{sql}");
+        }
+    }
+    for sql in [
+        format!("SELECT entitlements.sync_billing_state({a}, 'free', 'active')"),
+        format!("SELECT entitlements.set_override({a}, 'ccp-01', false)"),
+        format!("SELECT entitlements.add_member({a}, 'mallory')"),
+        format!("SELECT entitlements.unregister_workspace({a})"),
+        format!("SELECT entitlements.replay_stripe_events({a})"),
+        "SELECT entitlements.add_webhook_secret('whsec_x')".to_owned(),
+        format!("SELECT * FROM entitlements.entitlement_check({a}, 'ccp-01')"),
+    ] {
+        assert_eq!(affected(&mut reader, &sql), Err("42501".into()), "{sql}");
+    }
+    let rows_after: i64 = count(&mut su, "SELECT count(*) FROM entitlements.workspace_members");
+    assert_eq!(rows_after, 2);
+}
+
+fn first_column(c: &mut Client, table: &str) -> String {
+    c.query_one(
+        "SELECT quote_ident(attname) FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0
+            AND attidentity = '' AND attgenerated = '' AND NOT attisdropped ORDER BY attnum LIMIT 1",
+        &[&table],
+    )
+    .unwrap()
+    .get(0)
+}
