@@ -11,9 +11,11 @@ CREATE TYPE entitlements.check_result AS (
     cache_ttl_remaining integer
 );
 
+-- level orders the tiers. Its uniqueness is checked at commit (DEFERRABLE INITIALLY DEFERRED), so
+-- one transaction can shift the levels above a point and insert a tier between two.
 CREATE TABLE entitlements.tiers (
     tier text PRIMARY KEY,
-    level integer NOT NULL UNIQUE,
+    level integer NOT NULL UNIQUE DEFERRABLE INITIALLY DEFERRED,
     description text
 );
 

@@ -211,6 +211,13 @@ SELECT w.workspace_id, d.feature, d.tier, d.enabled, d.reason AS reason_code, d.
 
 
 -- ---------------------------------------------------------------------------------------
+-- Tiers: level's uniqueness is checked at commit, so a tier can be inserted between two.
+-- ---------------------------------------------------------------------------------------
+ALTER TABLE entitlements.tiers
+    DROP CONSTRAINT tiers_level_key,
+    ADD CONSTRAINT tiers_level_key UNIQUE (level) DEFERRABLE INITIALLY DEFERRED;
+
+-- ---------------------------------------------------------------------------------------
 -- The audit trail: who asked, for real; kept by pg_dump; guarded under replication too.
 -- ---------------------------------------------------------------------------------------
 ALTER TABLE entitlements.entitlement_checks

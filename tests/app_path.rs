@@ -379,3 +379,37 @@ fn first_column(c: &mut Client, table: &str) -> String {
     .unwrap()
     .get(0)
 }
+
+/// The README's recipe, as written there, run by an entitlements_admin login.
+const INSERT_TIER_RECIPE: &str = "
+BEGIN;
+UPDATE entitlements.tiers SET level = level + 1 WHERE level >= 2;
+INSERT INTO entitlements.tiers (tier, level, description) VALUES ('team', 2, 'Team plan');
+COMMIT;";
+
+#[test]
+fn a_tier_can_be_inserted_between_two_in_one_transaction_and_levels_stay_unique_at_commit() {
+    let pg = Cluster::start("app-insert-tier");
+    let mut su = pg.connect();
+    exec(&mut su, "CREATE ROLE billing_admin LOGIN; GRANT entitlements_admin TO billing_admin;");
+    let ws = new_workspace(&mut su);
+    exec(&mut su, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro_plus', 'active')"));
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains(INSERT_TIER_RECIPE.trim()), "the README shows this recipe");
+
+    let mut admin = pg.connect_as("billing_admin", "app");
+    exec(&mut admin, INSERT_TIER_RECIPE);
+    let order: Vec<String> =
+        su.query("SELECT tier FROM entitlements.tiers ORDER BY level", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(order, ["free", "pro", "team", "pro_plus", "portfolio", "enterprise"]);
+    // Decisions follow the new order: a team feature is within pro_plus, not within pro.
+    exec(&mut admin, "INSERT INTO entitlements.features VALUES ('ccp-15', 'team', 'Team analytics')");
+    assert_eq!(check(&mut su, &ws, "ccp-15"), (true, None));
+    assert_eq!(check(&mut su, &ws, "ccp-10"), (false, Some("TIER_INSUFFICIENT".into())));
+
+    // Two tiers on one level are still refused, at commit.
+    exec(&mut admin, "BEGIN; UPDATE entitlements.tiers SET level = 1 WHERE tier = 'team'");
+    assert_eq!(sqlstate(&mut admin, "COMMIT"), "23505");
+    let team: i32 = su.query_one("SELECT level FROM entitlements.tiers WHERE tier = 'team'", &[]).unwrap().get(0);
+    assert_eq!(team, 2);
+}
