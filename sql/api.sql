@@ -468,7 +468,7 @@ $$;
 -- decided now by the same resolver as the checks. valid_until: when the decision may change by
 -- the clock alone (trial end, grace end, override expiry); updated_at: when it was evaluated.
 CREATE VIEW entitlements.entitlements WITH (security_invoker = true) AS
-SELECT w.workspace_id, d.feature, d.tier, d.enabled, d.reason AS reason_code, d.valid_until,
+SELECT w.workspace_id, d.feature, d.tier, d.enabled, d.reason, d.valid_until,
        pg_catalog.clock_timestamp() AS updated_at
   FROM entitlements.workspaces w
  CROSS JOIN LATERAL entitlements.decide_all(w.workspace_id) d;

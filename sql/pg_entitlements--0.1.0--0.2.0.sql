@@ -204,7 +204,7 @@ END
 $attached$;
 
 CREATE VIEW entitlements.entitlements WITH (security_invoker = true) AS
-SELECT w.workspace_id, d.feature, d.tier, d.enabled, d.reason AS reason_code, d.valid_until,
+SELECT w.workspace_id, d.feature, d.tier, d.enabled, d.reason, d.valid_until,
        pg_catalog.clock_timestamp() AS updated_at
   FROM entitlements.workspaces w
  CROSS JOIN LATERAL entitlements.decide_all(w.workspace_id) d;
@@ -223,6 +223,9 @@ ALTER TABLE entitlements.tiers
 ALTER TABLE entitlements.entitlement_checks
     ADD COLUMN session_role text,
     ADD COLUMN connection_addr inet;
+-- One name for the decision's reason everywhere: the checks' result, the matrix, the trail.
+ALTER TABLE entitlements.entitlement_checks RENAME COLUMN reason_code TO reason;
+ALTER VIEW entitlements.denials_by_reason RENAME COLUMN reason_code TO reason;
 SELECT pg_catalog.pg_extension_config_dump('entitlements.entitlement_checks', '');
 SELECT pg_catalog.pg_extension_config_dump('entitlements.entitlement_checks_id_seq', '');
 ALTER TABLE entitlements.entitlement_checks ENABLE ALWAYS TRIGGER entitlement_checks_append_only;
