@@ -393,6 +393,22 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------------------
+-- Paywall answers: the tier that lifts a denial, in check_result and upgrade_options.
+-- ---------------------------------------------------------------------------------------
+ALTER TYPE entitlements.check_result ADD ATTRIBUTE required_tier text;
+
+CREATE FUNCTION entitlements.upgrade_options(
+	"workspace_id" uuid
+) RETURNS TABLE (
+	"feature" TEXT,
+	"reason" TEXT,
+	"required_tier" TEXT
+)
+STABLE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'upgrade_options_wrapper';
+
+-- ---------------------------------------------------------------------------------------
 -- Least privilege (sql/security.sql): the roles, the writer's policy, and the grants.
 -- ---------------------------------------------------------------------------------------
 DO $roles$
@@ -461,6 +477,7 @@ GRANT EXECUTE ON FUNCTION
     entitlements.entitlement_check(uuid, text),
     entitlements.entitlement_check_all(uuid),
     entitlements.has_entitlement(uuid, text),
+    entitlements.upgrade_options(uuid),
     entitlements.current_user_id(),
     entitlements.is_member(uuid),
     entitlements.decide_all(uuid),

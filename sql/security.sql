@@ -105,6 +105,7 @@ GRANT EXECUTE ON FUNCTION
     entitlements.entitlement_check(uuid, text),
     entitlements.entitlement_check_all(uuid),
     entitlements.has_entitlement(uuid, text),
+    entitlements.upgrade_options(uuid),
     entitlements.current_user_id(),
     entitlements.is_member(uuid),
     entitlements.decide_all(uuid),

@@ -413,3 +413,89 @@ fn a_tier_can_be_inserted_between_two_in_one_transaction_and_levels_stay_unique_
     let team: i32 = su.query_one("SELECT level FROM entitlements.tiers WHERE tier = 'team'", &[]).unwrap().get(0);
     assert_eq!(team, 2);
 }
+
+/// `(enabled, reason, required_tier, cached)` of one check.
+fn paywall(c: &mut Client, ws: &uuid_string::Ws, feature: &str) -> (bool, Option<String>, Option<String>, bool) {
+    let r = c
+        .query_one(&format!("SELECT enabled, reason, required_tier, cached FROM entitlements.entitlement_check({ws}, $1)"), &[&feature])
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+#[test]
+fn required_tier_names_the_tier_that_unlocks_a_denied_feature_cached_or_not() {
+    let pg = Cluster::start("app-required-tier");
+    let mut su = pg.connect();
+    let ws = new_workspace(&mut su);
+    exec(&mut su, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'active'); SELECT entitlements.add_member({ws}, 'alice')"));
+    let s = |x: &str| Some(x.to_owned());
+    // Uncached, then the same answer from the cache.
+    for cached in [false, true] {
+        assert_eq!(paywall(&mut su, &ws, "ccp-10"), (false, s("TIER_INSUFFICIENT"), s("portfolio"), cached));
+        assert_eq!(paywall(&mut su, &ws, "ccp-05"), (true, None, None, cached), "allowed: no tier needed");
+    }
+    // A catalog edit moves the answer, cached path included (the backend's catalog memo follows).
+    exec(&mut su, "UPDATE entitlements.features SET min_tier = 'enterprise' WHERE feature = 'ccp-10'");
+    assert_eq!(paywall(&mut su, &ws, "ccp-10"), (false, s("TIER_INSUFFICIENT"), s("enterprise"), false));
+    assert_eq!(paywall(&mut su, &ws, "ccp-10"), (false, s("TIER_INSUFFICIENT"), s("enterprise"), true));
+    // No tier lifts an admin's revocation; any tier's subscription lifts an inactive one.
+    exec(&mut su, &format!("SELECT entitlements.set_override({ws}, 'ccp-04', false)"));
+    for cached in [false, true] {
+        assert_eq!(paywall(&mut su, &ws, "ccp-04"), (false, s("FEATURE_DISABLED"), None, cached));
+    }
+    exec(&mut su, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'canceled')"));
+    assert_eq!(paywall(&mut su, &ws, "ccp-05"), (false, s("SUBSCRIPTION_INACTIVE"), s("pro"), false));
+    assert_eq!(paywall(&mut su, &ws, "ccp-05"), (false, s("SUBSCRIPTION_INACTIVE"), s("pro"), true));
+    // entitlement_check_all fills it too, from the cache as well.
+    for _ in 0..2 {
+        let n: i64 = count(
+            &mut su,
+            &format!(
+                "SELECT count(*) FROM entitlements.entitlement_check_all({ws}) c JOIN entitlements.features f USING (feature)
+                  WHERE c.required_tier IS DISTINCT FROM CASE WHEN NOT c.enabled AND c.reason <> 'FEATURE_DISABLED' THEN f.min_tier END"
+            ),
+        );
+        assert_eq!(n, 0);
+    }
+}
+
+#[test]
+fn upgrade_options_lists_each_denied_feature_with_the_tier_that_unlocks_it_for_members_only() {
+    let pg = Cluster::start("app-upgrade-options");
+    let mut su = pg.connect();
+    let mut app = app_login(&pg, &mut su, "web_app");
+    let ws = new_workspace(&mut su);
+    exec(
+        &mut su,
+        &format!(
+            "SELECT entitlements.sync_billing_state({ws}, 'pro_plus', 'active'); SELECT entitlements.add_member({ws}, 'alice');
+             SELECT entitlements.set_override({ws}, 'ccp-13', true); SELECT entitlements.set_override({ws}, 'ccp-09', false);"
+        ),
+    );
+    let mut tx = app.transaction().unwrap();
+    tx.batch_execute("SET LOCAL pg_entitlements.user_id = 'alice'").unwrap();
+    let rows: Vec<(String, String, Option<String>)> = tx
+        .query(&format!("SELECT feature, reason, required_tier FROM entitlements.upgrade_options({ws}) ORDER BY feature"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    tx.commit().unwrap();
+    let o = |f: &str, r: &str, t: Option<&str>| (f.to_owned(), r.to_owned(), t.map(str::to_owned));
+    assert_eq!(
+        rows,
+        vec![
+            o("ccp-09", "FEATURE_DISABLED", None),
+            o("ccp-10", "TIER_INSUFFICIENT", Some("portfolio")),
+            o("ccp-11", "TIER_INSUFFICIENT", Some("portfolio")),
+            o("ccp-12", "TIER_INSUFFICIENT", Some("portfolio")),
+            o("ccp-14", "TIER_INSUFFICIENT", Some("enterprise")),
+        ]
+    );
+    let mut tx = app.transaction().unwrap();
+    tx.batch_execute("SET LOCAL pg_entitlements.user_id = 'mallory'").unwrap();
+    let err = tx.query(&format!("SELECT * FROM entitlements.upgrade_options({ws})"), &[]).unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"));
+    drop(tx);
+    assert_eq!(sqlstate(&mut app, &format!("SELECT * FROM entitlements.upgrade_options({ws})")), "28000");
+}
