@@ -409,6 +409,69 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'upgrade_options_wrapper';
 
 -- ---------------------------------------------------------------------------------------
+-- Change notifications for application caches: NOTIFY pg_entitlements_changed with
+-- {"workspace_id": ..., "changed": "billing" | "override" | "membership" | "catalog"} for every
+-- write to a decision input (a catalog edit or a TRUNCATE names workspace "*": every
+-- workspace). NOTIFY is transactional: delivered when the transaction commits, never after a
+-- rollback, and PostgreSQL folds identical payloads of one transaction into one, so a
+-- transaction sends one notification per (workspace, kind of change).
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION entitlements.notify_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- TG_ARGV[0]: the kind of change.
+    IF TG_ARGV[0] = 'catalog' OR TG_LEVEL = 'STATEMENT' THEN
+        PERFORM pg_notify('pg_entitlements_changed',
+                          json_build_object('workspace_id', '*', 'changed', TG_ARGV[0])::text);
+        RETURN NULL;
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM pg_notify('pg_entitlements_changed',
+                          json_build_object('workspace_id', OLD.workspace_id, 'changed', TG_ARGV[0])::text);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        PERFORM pg_notify('pg_entitlements_changed',
+                          json_build_object('workspace_id', NEW.workspace_id, 'changed', TG_ARGV[0])::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.billing_state
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('billing');
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.overrides
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('override');
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.workspace_members
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('membership');
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.tiers
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('catalog');
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.features
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('catalog');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.billing_state
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('billing');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.overrides
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('override');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.workspace_members
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('membership');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.tiers
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('catalog');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.features
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('catalog');
+-- Like the cache's invalidation: under session_replication_role = replica too.
+ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.tiers ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.features ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER notify_truncated;
+ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER notify_truncated;
+ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER notify_truncated;
+ALTER TABLE entitlements.tiers ENABLE ALWAYS TRIGGER notify_truncated;
+ALTER TABLE entitlements.features ENABLE ALWAYS TRIGGER notify_truncated;
+
+-- ---------------------------------------------------------------------------------------
 -- Least privilege (sql/security.sql): the roles, the writer's policy, and the grants.
 -- ---------------------------------------------------------------------------------------
 DO $roles$

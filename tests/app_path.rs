@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use postgres::fallible_iterator::FallibleIterator;
 
 fn count(c: &mut Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).unwrap().get(0)
@@ -498,4 +499,77 @@ fn upgrade_options_lists_each_denied_feature_with_the_tier_that_unlocks_it_for_m
     assert_eq!(err.code().map(|c| c.code()), Some("42501"));
     drop(tx);
     assert_eq!(sqlstate(&mut app, &format!("SELECT * FROM entitlements.upgrade_options({ws})")), "28000");
+}
+
+/// The next notification on `pg_entitlements_changed`, as (workspace_id, changed). Blocks
+/// until one arrives: every wait below is ended by a committed change made for that purpose.
+fn next_change(listener: &mut Client) -> (String, String) {
+    let n = listener.notifications().blocking_iter().next().unwrap().unwrap();
+    assert_eq!(n.channel(), "pg_entitlements_changed");
+    let v: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
+    (v["workspace_id"].as_str().unwrap().to_owned(), v["changed"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn changes_are_notified_on_commit_never_after_rollback_and_once_per_workspace_and_kind() {
+    let pg = Cluster::start("app-notify");
+    let mut su = pg.connect();
+    let mut writer = pg.connect();
+    let mut listener = pg.connect();
+    let ws = new_workspace(&mut su);
+    let marker = new_workspace(&mut su);
+    exec(&mut su, &format!("SELECT entitlements.register_workspace({ws}); SELECT entitlements.register_workspace({marker})"));
+    exec(&mut listener, "LISTEN pg_entitlements_changed");
+    let change = |w: &uuid_string::Ws, kind: &str| (w.0.clone(), kind.to_owned());
+    // A committed change from another session: what ends each wait.
+    let mark = |su: &mut Client| exec(su, &format!("SELECT entitlements.sync_billing_state({marker}, 'pro', 'active')"));
+
+    // Open transaction: nothing yet; the marker committed meanwhile comes first.
+    exec(&mut writer, &format!("BEGIN; SELECT entitlements.sync_billing_state({ws}, 'pro', 'active')"));
+    mark(&mut su);
+    assert_eq!(next_change(&mut listener), change(&marker, "billing"));
+    exec(&mut writer, "COMMIT");
+    assert_eq!(next_change(&mut listener), change(&ws, "billing"), "delivered at commit");
+
+    // Rolled back: never delivered.
+    exec(&mut writer, &format!("BEGIN; SELECT entitlements.set_override({ws}, 'ccp-13', true); ROLLBACK"));
+    mark(&mut su);
+    assert_eq!(next_change(&mut listener), change(&marker, "billing"), "nothing from the rollback");
+
+    // One transaction, many writes: one notification per (workspace, kind).
+    exec(
+        &mut writer,
+        &format!(
+            "BEGIN;
+             SELECT entitlements.sync_billing_state({ws}, 'pro_plus', 'active');
+             SELECT entitlements.sync_billing_state({ws}, 'portfolio', 'trialing');
+             SELECT entitlements.set_override({ws}, 'ccp-13', true);
+             SELECT entitlements.set_override({ws}, 'ccp-14', true);
+             SELECT entitlements.add_member({ws}, 'alice');
+             SELECT entitlements.add_member({ws}, 'bob');
+             UPDATE entitlements.features SET description = description || '.';
+             COMMIT;"
+        ),
+    );
+    mark(&mut su);
+    let mut got = Vec::new();
+    loop {
+        let c = next_change(&mut listener);
+        if c == change(&marker, "billing") {
+            break;
+        }
+        got.push(c);
+    }
+    assert_eq!(
+        got,
+        vec![change(&ws, "billing"), change(&ws, "override"), change(&ws, "membership"), ("*".to_owned(), "catalog".to_owned())]
+    );
+
+    // Unregistering notifies what it removed; a direct TRUNCATE names every workspace.
+    exec(&mut writer, &format!("SELECT entitlements.unregister_workspace({ws})"));
+    assert_eq!(next_change(&mut listener), change(&ws, "membership"));
+    assert_eq!(next_change(&mut listener), change(&ws, "override"));
+    assert_eq!(next_change(&mut listener), change(&ws, "billing"));
+    exec(&mut writer, "TRUNCATE entitlements.overrides");
+    assert_eq!(next_change(&mut listener), ("*".to_owned(), "override".to_owned()));
 }
