@@ -34,12 +34,12 @@ SELECT workspace_id, tier, status, current_period_end, past_due_grace_ends_at FR
 \echo
 \echo '== The audit trail (written by a background worker, outside the checks'' transactions)'
 SELECT entitlements.flush_audit() AS still_pending_when_flushed;
-SELECT checked_at::time(0), feature, result, reason_code, cached FROM entitlements.entitlement_checks ORDER BY id DESC LIMIT 5;
+SELECT checked_at::time(0), feature, result, reason, cached FROM entitlements.entitlement_checks ORDER BY id DESC LIMIT 5;
 SELECT * FROM entitlements.entitlement_checks_summary;
 \echo
 \echo '== The README''s DBA queries'
 \set ws '0b0e6c2e-5f7a-4f7e-9d55-3f4c1b2a9e01'
-SELECT checked_at, feature, reason_code, user_id, user_agent, ip_address
+SELECT checked_at, feature, reason, user_id, user_agent, ip_address
   FROM entitlements.entitlement_checks
  WHERE workspace_id = :'ws' AND NOT result
    AND checked_at >= now() - interval '1 day'
@@ -48,10 +48,10 @@ SELECT count(*) AS checks,
        round(100.0 * count(*) FILTER (WHERE cached) / nullif(count(*), 0), 1) AS cache_hit_rate_pct
   FROM entitlements.entitlement_checks
  WHERE checked_at >= now() - interval '1 hour';
-SELECT feature, reason_code, count(*) AS denials
+SELECT feature, reason, count(*) AS denials
   FROM entitlements.entitlement_checks
  WHERE NOT result AND checked_at >= now() - interval '7 days'
- GROUP BY feature, reason_code
+ GROUP BY feature, reason
  ORDER BY denials DESC, feature
  LIMIT 10;
 

@@ -59,6 +59,28 @@ BEGIN
 END
 $$;
 
+-- Unregistering removes what the extension keeps for the workspace's decisions: the
+-- registration, its members, its overrides and its billing state (a returning workspace starts
+-- as free, like a new one). The billing history (stripe_events, stripe_customers,
+-- stripe_subscriptions) and the audit trail stay: replay_stripe_events(workspace_id) rebuilds
+-- the billing state from that history, and a later Stripe event for a customer still linked to
+-- the workspace registers it again, as any billing state does.
+CREATE FUNCTION entitlements.unregister_workspace(workspace_id uuid) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF workspace_id IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: workspace_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    DELETE FROM entitlements.workspace_members m WHERE m.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.overrides o WHERE o.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.billing_state b WHERE b.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.workspaces w WHERE w.workspace_id = unregister_workspace.workspace_id;
+    RETURN FOUND;
+END
+$$;
+
 -- billing_state: keep past_due_since and updated_at right on every path (the functions, a
 -- direct UPDATE by a privileged role, Stripe ingestion).
 CREATE FUNCTION entitlements.billing_state_before() RETURNS trigger
@@ -132,6 +154,69 @@ ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER cache_invalidate;
 ALTER TABLE entitlements.features ENABLE ALWAYS TRIGGER cache_invalidate;
 ALTER TABLE entitlements.tiers ENABLE ALWAYS TRIGGER cache_invalidate;
 ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER cache_invalidate;
+
+-- ---------------------------------------------------------------------------------------
+-- Change notifications for application caches: NOTIFY pg_entitlements_changed with
+-- {"workspace_id": ..., "changed": "billing" | "override" | "membership" | "catalog"} for every
+-- write to a decision input (a catalog edit or a TRUNCATE names workspace "*": every
+-- workspace). NOTIFY is transactional: delivered when the transaction commits, never after a
+-- rollback, and PostgreSQL folds identical payloads of one transaction into one, so a
+-- transaction sends one notification per (workspace, kind of change).
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION entitlements.notify_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- TG_ARGV[0]: the kind of change.
+    IF TG_ARGV[0] = 'catalog' OR TG_LEVEL = 'STATEMENT' THEN
+        PERFORM pg_notify('pg_entitlements_changed',
+                          json_build_object('workspace_id', '*', 'changed', TG_ARGV[0])::text);
+        RETURN NULL;
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM pg_notify('pg_entitlements_changed',
+                          json_build_object('workspace_id', OLD.workspace_id, 'changed', TG_ARGV[0])::text);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        PERFORM pg_notify('pg_entitlements_changed',
+                          json_build_object('workspace_id', NEW.workspace_id, 'changed', TG_ARGV[0])::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.billing_state
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('billing');
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.overrides
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('override');
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.workspace_members
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('membership');
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.tiers
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('catalog');
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.features
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('catalog');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.billing_state
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('billing');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.overrides
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('override');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.workspace_members
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('membership');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.tiers
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('catalog');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.features
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('catalog');
+-- Like the cache's invalidation: under session_replication_role = replica too.
+ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.tiers ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.features ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER notify_truncated;
+ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER notify_truncated;
+ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER notify_truncated;
+ALTER TABLE entitlements.tiers ENABLE ALWAYS TRIGGER notify_truncated;
+ALTER TABLE entitlements.features ENABLE ALWAYS TRIGGER notify_truncated;
 
 -- Live entries of this database (superusers only: it spans every workspace).
 CREATE VIEW entitlements.entitlement_cache AS
@@ -229,16 +314,24 @@ BEGIN
 END
 $$;
 
--- Registers every new row of the app's own workspaces table.
+-- Registers every new row of the app's own workspaces table, and unregisters deleted ones.
 CREATE FUNCTION entitlements.register_workspace_trigger() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    ws uuid := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
+    ws uuid;
 BEGIN
-    IF ws IS NOT NULL THEN
-        PERFORM entitlements.register_workspace(ws);
+    IF TG_OP = 'DELETE' THEN
+        ws := (to_jsonb(OLD) ->> TG_ARGV[0])::uuid;
+        IF ws IS NOT NULL THEN
+            PERFORM entitlements.unregister_workspace(ws);
+        END IF;
+    ELSE
+        ws := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
+        IF ws IS NOT NULL THEN
+            PERFORM entitlements.register_workspace(ws);
+        END IF;
     END IF;
     RETURN NULL;
 END
@@ -277,12 +370,157 @@ BEGIN
                 WHERE t.tgrelid = tbl AND t.tgname = 'entitlements_register_workspace') THEN
         EXECUTE format('DROP TRIGGER entitlements_register_workspace ON %s', tbl);
     END IF;
-    EXECUTE format('CREATE TRIGGER entitlements_register_workspace AFTER INSERT ON %s '
+    EXECUTE format('CREATE TRIGGER entitlements_register_workspace AFTER INSERT OR DELETE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION entitlements.register_workspace_trigger(%L)',
                    tbl, id_column);
     -- Workspaces that existed before the table was attached are registered now.
     EXECUTE format('SELECT entitlements.register_workspace(%I) FROM %s WHERE %I IS NOT NULL',
                    id_column, tbl, id_column);
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Members: who may ask about a workspace. `role` is the application's own label (owner,
+-- member, billing, ...): kept and shown, never acted on by the extension.
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION entitlements.add_member(workspace_id uuid, user_id text, role text DEFAULT 'member')
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF workspace_id IS NULL OR user_id IS NULL OR role IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: workspace_id, user_id and role must not be NULL'
+            USING ERRCODE = '22004';
+    END IF;
+    IF user_id = '' THEN
+        RAISE EXCEPTION 'pg_entitlements: user_id must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM entitlements.workspaces w WHERE w.workspace_id = add_member.workspace_id) THEN
+        RAISE EXCEPTION 'pg_entitlements: workspace % is not registered', workspace_id
+            USING ERRCODE = '22023',
+                  HINT = 'Register it first: entitlements.register_workspace(workspace_id), or attach the workspaces table.';
+    END IF;
+    INSERT INTO entitlements.workspace_members AS m (workspace_id, user_id, role)
+    VALUES (add_member.workspace_id, add_member.user_id, add_member.role)
+    ON CONFLICT ON CONSTRAINT workspace_members_pkey DO UPDATE SET role = EXCLUDED.role
+     WHERE m.role IS DISTINCT FROM EXCLUDED.role;
+END
+$$;
+
+CREATE FUNCTION entitlements.remove_member(workspace_id uuid, user_id text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM entitlements.workspace_members m
+     WHERE m.workspace_id = remove_member.workspace_id AND m.user_id = remove_member.user_id;
+    RETURN FOUND;
+END
+$$;
+
+-- Keeps workspace_members in step with a membership table of the app's own. TG_ARGV: the
+-- workspace column, the user column. A pair the app's table still holds in another row stays
+-- a member (the app's table may list a pair twice). A new pair's workspace is registered:
+-- the app's row says the workspace exists.
+CREATE FUNCTION entitlements.membership_table_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    old_ws uuid;
+    old_user text;
+    new_ws uuid;
+    new_user text;
+    still_there boolean;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        old_ws := (to_jsonb(OLD) ->> TG_ARGV[0])::uuid;
+        old_user := to_jsonb(OLD) ->> TG_ARGV[1];
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        new_ws := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
+        new_user := to_jsonb(NEW) ->> TG_ARGV[1];
+    END IF;
+    IF old_ws IS NOT NULL AND old_user IS NOT NULL
+       AND (old_ws IS DISTINCT FROM new_ws OR old_user IS DISTINCT FROM new_user) THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I = $1 AND %I::text = $2)',
+                       TG_RELID::regclass, TG_ARGV[0], TG_ARGV[1])
+           INTO still_there USING old_ws, old_user;
+        IF NOT still_there THEN
+            DELETE FROM entitlements.workspace_members m
+             WHERE m.workspace_id = old_ws AND m.user_id = old_user;
+        END IF;
+    END IF;
+    IF new_ws IS NOT NULL AND new_user IS NOT NULL AND new_user <> '' THEN
+        PERFORM entitlements.register_workspace(new_ws);
+        INSERT INTO entitlements.workspace_members (workspace_id, user_id) VALUES (new_ws, new_user)
+        ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION entitlements.attach_membership_table(tbl regclass, workspace_column name, user_column name)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ws_type regtype;
+    user_type regtype;
+    user_category "char";
+BEGIN
+    IF tbl IS NULL OR workspace_column IS NULL OR user_column IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: tbl, workspace_column and user_column must not be NULL'
+            USING ERRCODE = '22004';
+    END IF;
+    SELECT a.atttypid::regtype INTO ws_type
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = workspace_column AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT a.atttypid::regtype, t.typcategory INTO user_type, user_category
+      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = tbl AND a.attname = user_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF ws_type IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: table % has no column "%"', tbl, workspace_column
+            USING ERRCODE = '22023';
+    END IF;
+    IF user_type IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: table % has no column "%"', tbl, user_column
+            USING ERRCODE = '22023';
+    END IF;
+    IF ws_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'pg_entitlements: column "%" of % is %, not uuid', workspace_column, tbl, ws_type
+            USING ERRCODE = '22023';
+    END IF;
+    -- The string category: text, varchar, char, name (and citext).
+    IF user_category <> 'S' THEN
+        RAISE EXCEPTION 'pg_entitlements: column "%" of % is %, not text', user_column, tbl, user_type
+            USING ERRCODE = '22023';
+    END IF;
+    -- As for attach_workspace_table: this runs as the extension's owner and must not become a
+    -- way to put a trigger on (and read) a table the calling session could not alter itself.
+    IF NOT pg_catalog.pg_has_role(session_user,
+                                  (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = tbl),
+                                  'USAGE') THEN
+        RAISE EXCEPTION 'pg_entitlements: must be the owner of table % to attach it', tbl
+            USING ERRCODE = '42501';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                WHERE t.tgrelid = tbl AND t.tgname = 'entitlements_sync_membership') THEN
+        EXECUTE format('DROP TRIGGER entitlements_sync_membership ON %s', tbl);
+    END IF;
+    EXECUTE format('CREATE TRIGGER entitlements_sync_membership AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION entitlements.membership_table_trigger(%L, %L)',
+                   tbl, workspace_column, user_column);
+    -- The memberships that existed before the table was attached are imported now.
+    EXECUTE format('SELECT entitlements.register_workspace(w) FROM (SELECT DISTINCT %I AS w FROM %s '
+                   'WHERE %I IS NOT NULL AND %I IS NOT NULL) s',
+                   workspace_column, tbl, workspace_column, user_column);
+    EXECUTE format('INSERT INTO entitlements.workspace_members (workspace_id, user_id) '
+                   'SELECT DISTINCT %I, %I::text FROM %s WHERE %I IS NOT NULL AND %I IS NOT NULL '
+                   'AND %I::text <> '''' ON CONFLICT DO NOTHING',
+                   workspace_column, user_column, tbl, workspace_column, user_column, user_column);
 END
 $$;
 
@@ -293,7 +531,7 @@ $$;
 -- decided now by the same resolver as the checks. valid_until: when the decision may change by
 -- the clock alone (trial end, grace end, override expiry); updated_at: when it was evaluated.
 CREATE VIEW entitlements.entitlements WITH (security_invoker = true) AS
-SELECT w.workspace_id, d.feature, d.tier, d.enabled, d.reason AS reason_code, d.valid_until,
+SELECT w.workspace_id, d.feature, d.tier, d.enabled, d.reason, d.valid_until,
        pg_catalog.clock_timestamp() AS updated_at
   FROM entitlements.workspaces w
  CROSS JOIN LATERAL entitlements.decide_all(w.workspace_id) d;

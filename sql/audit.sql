@@ -12,7 +12,7 @@ CREATE TABLE entitlements.entitlement_checks (
     user_id text,
     feature text NOT NULL,
     result boolean NOT NULL,
-    reason_code text,
+    reason text,
     cached boolean NOT NULL,
     user_agent text,
     ip_address inet,
@@ -54,9 +54,9 @@ SELECT workspace_id,
 
 CREATE VIEW entitlements.denials_by_reason WITH (security_invoker = true) AS
 SELECT workspace_id,
-       reason_code,
+       reason,
        count(*) AS denials,
        max(checked_at) AS last_denied_at
   FROM entitlements.entitlement_checks
  WHERE NOT result AND checked_at >= now() - interval '30 days'
- GROUP BY workspace_id, reason_code;
+ GROUP BY workspace_id, reason;

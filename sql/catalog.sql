@@ -8,12 +8,17 @@ CREATE TYPE entitlements.check_result AS (
     reason text,
     cached boolean,
     resolved_at timestamptz,
-    cache_ttl_remaining integer
+    cache_ttl_remaining integer,
+    -- What a paywall offers: the tier that lifts the denial (NULL when allowed or when no
+    -- tier would). Last, so a database updated with ADD ATTRIBUTE has the same type.
+    required_tier text
 );
 
+-- level orders the tiers. Its uniqueness is checked at commit (DEFERRABLE INITIALLY DEFERRED), so
+-- one transaction can shift the levels above a point and insert a tier between two.
 CREATE TABLE entitlements.tiers (
     tier text PRIMARY KEY,
-    level integer NOT NULL UNIQUE,
+    level integer NOT NULL UNIQUE DEFERRABLE INITIALLY DEFERRED,
     description text
 );
 

@@ -96,6 +96,51 @@ CREATE TRIGGER billing_state_after AFTER INSERT OR UPDATE OF workspace_id ON ent
     FOR EACH ROW EXECUTE FUNCTION entitlements.billing_state_after();
 
 
+-- Unregistering removes what the extension keeps for the workspace's decisions: the
+-- registration, its members, its overrides and its billing state (a returning workspace starts
+-- as free, like a new one). The billing history (stripe_events, stripe_customers,
+-- stripe_subscriptions) and the audit trail stay: replay_stripe_events(workspace_id) rebuilds
+-- the billing state from that history, and a later Stripe event for a customer still linked to
+-- the workspace registers it again, as any billing state does.
+CREATE FUNCTION entitlements.unregister_workspace(workspace_id uuid) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF workspace_id IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: workspace_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    DELETE FROM entitlements.workspace_members m WHERE m.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.overrides o WHERE o.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.billing_state b WHERE b.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.workspaces w WHERE w.workspace_id = unregister_workspace.workspace_id;
+    RETURN FOUND;
+END
+$$;
+
+-- Registers every new row of the app's own workspaces table, and unregisters deleted ones.
+CREATE OR REPLACE FUNCTION entitlements.register_workspace_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ws uuid;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        ws := (to_jsonb(OLD) ->> TG_ARGV[0])::uuid;
+        IF ws IS NOT NULL THEN
+            PERFORM entitlements.unregister_workspace(ws);
+        END IF;
+    ELSE
+        ws := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
+        IF ws IS NOT NULL THEN
+            PERFORM entitlements.register_workspace(ws);
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION entitlements.attach_workspace_table(tbl regclass, id_column name) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -129,7 +174,7 @@ BEGIN
                 WHERE t.tgrelid = tbl AND t.tgname = 'entitlements_register_workspace') THEN
         EXECUTE format('DROP TRIGGER entitlements_register_workspace ON %s', tbl);
     END IF;
-    EXECUTE format('CREATE TRIGGER entitlements_register_workspace AFTER INSERT ON %s '
+    EXECUTE format('CREATE TRIGGER entitlements_register_workspace AFTER INSERT OR DELETE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION entitlements.register_workspace_trigger(%L)',
                    tbl, id_column);
     -- Workspaces that existed before the table was attached are registered now.
@@ -138,12 +183,39 @@ BEGIN
 END
 $$;
 
+-- Tables attached before: their trigger now also unregisters deleted workspaces.
+DO $attached$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT tg.tgrelid::pg_catalog.regclass AS tbl,
+                    pg_catalog.convert_from(pg_catalog.substr(tg.tgargs, 1,
+                        pg_catalog.length(tg.tgargs) OPERATOR(pg_catalog.-) 1), 'UTF8') AS id_column
+               FROM pg_catalog.pg_trigger tg
+              WHERE tg.tgname OPERATOR(pg_catalog.=) 'entitlements_register_workspace' AND tg.tgnargs OPERATOR(pg_catalog.=) 1
+                AND tg.tgfoid OPERATOR(pg_catalog.=) 'entitlements.register_workspace_trigger()'::pg_catalog.regprocedure
+    LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER entitlements_register_workspace ON %s', t.tbl);
+        EXECUTE pg_catalog.format('CREATE TRIGGER entitlements_register_workspace AFTER INSERT OR DELETE ON %s '
+                                  'FOR EACH ROW EXECUTE FUNCTION entitlements.register_workspace_trigger(%L)',
+                                  t.tbl, t.id_column);
+    END LOOP;
+END
+$attached$;
+
 CREATE VIEW entitlements.entitlements WITH (security_invoker = true) AS
-SELECT w.workspace_id, d.feature, d.tier, d.enabled, d.reason AS reason_code, d.valid_until,
+SELECT w.workspace_id, d.feature, d.tier, d.enabled, d.reason, d.valid_until,
        pg_catalog.clock_timestamp() AS updated_at
   FROM entitlements.workspaces w
  CROSS JOIN LATERAL entitlements.decide_all(w.workspace_id) d;
 
+
+-- ---------------------------------------------------------------------------------------
+-- Tiers: level's uniqueness is checked at commit, so a tier can be inserted between two.
+-- ---------------------------------------------------------------------------------------
+ALTER TABLE entitlements.tiers
+    DROP CONSTRAINT tiers_level_key,
+    ADD CONSTRAINT tiers_level_key UNIQUE (level) DEFERRABLE INITIALLY DEFERRED;
 
 -- ---------------------------------------------------------------------------------------
 -- The audit trail: who asked, for real; kept by pg_dump; guarded under replication too.
@@ -151,6 +223,9 @@ SELECT w.workspace_id, d.feature, d.tier, d.enabled, d.reason AS reason_code, d.
 ALTER TABLE entitlements.entitlement_checks
     ADD COLUMN session_role text,
     ADD COLUMN connection_addr inet;
+-- One name for the decision's reason everywhere: the checks' result, the matrix, the trail.
+ALTER TABLE entitlements.entitlement_checks RENAME COLUMN reason_code TO reason;
+ALTER VIEW entitlements.denials_by_reason RENAME COLUMN reason_code TO reason;
 SELECT pg_catalog.pg_extension_config_dump('entitlements.entitlement_checks', '');
 SELECT pg_catalog.pg_extension_config_dump('entitlements.entitlement_checks_id_seq', '');
 ALTER TABLE entitlements.entitlement_checks ENABLE ALWAYS TRIGGER entitlement_checks_append_only;
@@ -179,6 +254,230 @@ STRICT STABLE PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'library_version_wrapper';
 
 -- ---------------------------------------------------------------------------------------
+-- Members: who may ask about a workspace. `role` is the application's own label (owner,
+-- member, billing, ...): kept and shown, never acted on by the extension.
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION entitlements.add_member(workspace_id uuid, user_id text, role text DEFAULT 'member')
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF workspace_id IS NULL OR user_id IS NULL OR role IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: workspace_id, user_id and role must not be NULL'
+            USING ERRCODE = '22004';
+    END IF;
+    IF user_id = '' THEN
+        RAISE EXCEPTION 'pg_entitlements: user_id must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM entitlements.workspaces w WHERE w.workspace_id = add_member.workspace_id) THEN
+        RAISE EXCEPTION 'pg_entitlements: workspace % is not registered', workspace_id
+            USING ERRCODE = '22023',
+                  HINT = 'Register it first: entitlements.register_workspace(workspace_id), or attach the workspaces table.';
+    END IF;
+    INSERT INTO entitlements.workspace_members AS m (workspace_id, user_id, role)
+    VALUES (add_member.workspace_id, add_member.user_id, add_member.role)
+    ON CONFLICT ON CONSTRAINT workspace_members_pkey DO UPDATE SET role = EXCLUDED.role
+     WHERE m.role IS DISTINCT FROM EXCLUDED.role;
+END
+$$;
+
+CREATE FUNCTION entitlements.remove_member(workspace_id uuid, user_id text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM entitlements.workspace_members m
+     WHERE m.workspace_id = remove_member.workspace_id AND m.user_id = remove_member.user_id;
+    RETURN FOUND;
+END
+$$;
+
+-- Keeps workspace_members in step with a membership table of the app's own. TG_ARGV: the
+-- workspace column, the user column. A pair the app's table still holds in another row stays
+-- a member (the app's table may list a pair twice). A new pair's workspace is registered:
+-- the app's row says the workspace exists.
+CREATE FUNCTION entitlements.membership_table_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    old_ws uuid;
+    old_user text;
+    new_ws uuid;
+    new_user text;
+    still_there boolean;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        old_ws := (to_jsonb(OLD) ->> TG_ARGV[0])::uuid;
+        old_user := to_jsonb(OLD) ->> TG_ARGV[1];
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        new_ws := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
+        new_user := to_jsonb(NEW) ->> TG_ARGV[1];
+    END IF;
+    IF old_ws IS NOT NULL AND old_user IS NOT NULL
+       AND (old_ws IS DISTINCT FROM new_ws OR old_user IS DISTINCT FROM new_user) THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I = $1 AND %I::text = $2)',
+                       TG_RELID::regclass, TG_ARGV[0], TG_ARGV[1])
+           INTO still_there USING old_ws, old_user;
+        IF NOT still_there THEN
+            DELETE FROM entitlements.workspace_members m
+             WHERE m.workspace_id = old_ws AND m.user_id = old_user;
+        END IF;
+    END IF;
+    IF new_ws IS NOT NULL AND new_user IS NOT NULL AND new_user <> '' THEN
+        PERFORM entitlements.register_workspace(new_ws);
+        INSERT INTO entitlements.workspace_members (workspace_id, user_id) VALUES (new_ws, new_user)
+        ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION entitlements.attach_membership_table(tbl regclass, workspace_column name, user_column name)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ws_type regtype;
+    user_type regtype;
+    user_category "char";
+BEGIN
+    IF tbl IS NULL OR workspace_column IS NULL OR user_column IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: tbl, workspace_column and user_column must not be NULL'
+            USING ERRCODE = '22004';
+    END IF;
+    SELECT a.atttypid::regtype INTO ws_type
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = workspace_column AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT a.atttypid::regtype, t.typcategory INTO user_type, user_category
+      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = tbl AND a.attname = user_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF ws_type IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: table % has no column "%"', tbl, workspace_column
+            USING ERRCODE = '22023';
+    END IF;
+    IF user_type IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: table % has no column "%"', tbl, user_column
+            USING ERRCODE = '22023';
+    END IF;
+    IF ws_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'pg_entitlements: column "%" of % is %, not uuid', workspace_column, tbl, ws_type
+            USING ERRCODE = '22023';
+    END IF;
+    -- The string category: text, varchar, char, name (and citext).
+    IF user_category <> 'S' THEN
+        RAISE EXCEPTION 'pg_entitlements: column "%" of % is %, not text', user_column, tbl, user_type
+            USING ERRCODE = '22023';
+    END IF;
+    -- As for attach_workspace_table: this runs as the extension's owner and must not become a
+    -- way to put a trigger on (and read) a table the calling session could not alter itself.
+    IF NOT pg_catalog.pg_has_role(session_user,
+                                  (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = tbl),
+                                  'USAGE') THEN
+        RAISE EXCEPTION 'pg_entitlements: must be the owner of table % to attach it', tbl
+            USING ERRCODE = '42501';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                WHERE t.tgrelid = tbl AND t.tgname = 'entitlements_sync_membership') THEN
+        EXECUTE format('DROP TRIGGER entitlements_sync_membership ON %s', tbl);
+    END IF;
+    EXECUTE format('CREATE TRIGGER entitlements_sync_membership AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION entitlements.membership_table_trigger(%L, %L)',
+                   tbl, workspace_column, user_column);
+    -- The memberships that existed before the table was attached are imported now.
+    EXECUTE format('SELECT entitlements.register_workspace(w) FROM (SELECT DISTINCT %I AS w FROM %s '
+                   'WHERE %I IS NOT NULL AND %I IS NOT NULL) s',
+                   workspace_column, tbl, workspace_column, user_column);
+    EXECUTE format('INSERT INTO entitlements.workspace_members (workspace_id, user_id) '
+                   'SELECT DISTINCT %I, %I::text FROM %s WHERE %I IS NOT NULL AND %I IS NOT NULL '
+                   'AND %I::text <> '''' ON CONFLICT DO NOTHING',
+                   workspace_column, user_column, tbl, workspace_column, user_column, user_column);
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Paywall answers: the tier that lifts a denial, in check_result and upgrade_options.
+-- ---------------------------------------------------------------------------------------
+ALTER TYPE entitlements.check_result ADD ATTRIBUTE required_tier text;
+
+CREATE FUNCTION entitlements.upgrade_options(
+	"workspace_id" uuid
+) RETURNS TABLE (
+	"feature" TEXT,
+	"reason" TEXT,
+	"required_tier" TEXT
+)
+STABLE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'upgrade_options_wrapper';
+
+-- ---------------------------------------------------------------------------------------
+-- Change notifications for application caches: NOTIFY pg_entitlements_changed with
+-- {"workspace_id": ..., "changed": "billing" | "override" | "membership" | "catalog"} for every
+-- write to a decision input (a catalog edit or a TRUNCATE names workspace "*": every
+-- workspace). NOTIFY is transactional: delivered when the transaction commits, never after a
+-- rollback, and PostgreSQL folds identical payloads of one transaction into one, so a
+-- transaction sends one notification per (workspace, kind of change).
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION entitlements.notify_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- TG_ARGV[0]: the kind of change.
+    IF TG_ARGV[0] = 'catalog' OR TG_LEVEL = 'STATEMENT' THEN
+        PERFORM pg_notify('pg_entitlements_changed',
+                          json_build_object('workspace_id', '*', 'changed', TG_ARGV[0])::text);
+        RETURN NULL;
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM pg_notify('pg_entitlements_changed',
+                          json_build_object('workspace_id', OLD.workspace_id, 'changed', TG_ARGV[0])::text);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        PERFORM pg_notify('pg_entitlements_changed',
+                          json_build_object('workspace_id', NEW.workspace_id, 'changed', TG_ARGV[0])::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.billing_state
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('billing');
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.overrides
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('override');
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.workspace_members
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('membership');
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.tiers
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('catalog');
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.features
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('catalog');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.billing_state
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('billing');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.overrides
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('override');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.workspace_members
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('membership');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.tiers
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('catalog');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.features
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('catalog');
+-- Like the cache's invalidation: under session_replication_role = replica too.
+ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.tiers ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.features ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER notify_truncated;
+ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER notify_truncated;
+ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER notify_truncated;
+ALTER TABLE entitlements.tiers ENABLE ALWAYS TRIGGER notify_truncated;
+ALTER TABLE entitlements.features ENABLE ALWAYS TRIGGER notify_truncated;
+
+-- ---------------------------------------------------------------------------------------
 -- Least privilege (sql/security.sql): the roles, the writer's policy, and the grants.
 -- ---------------------------------------------------------------------------------------
 DO $roles$
@@ -197,10 +496,40 @@ $roles$;
 COMMENT ON ROLE entitlements_app IS 'pg_entitlements: grant to application login roles (checks, tenant reads, identity)';
 COMMENT ON ROLE entitlements_webhook IS 'pg_entitlements: grant to the role of the Stripe webhook layer (apply_stripe_event)';
 COMMENT ON ROLE entitlements_audit_writer IS 'pg_entitlements: the audit writer stores rows as this role';
+DO $more_roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'entitlements_admin') THEN
+        CREATE ROLE entitlements_admin NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'entitlements_reader') THEN
+        CREATE ROLE entitlements_reader NOLOGIN;
+    END IF;
+END
+$more_roles$;
+COMMENT ON ROLE entitlements_admin IS 'pg_entitlements: grant to roles that administer billing, the catalog, overrides and members';
+COMMENT ON ROLE entitlements_reader IS 'pg_entitlements: grant to read-only roles (support, analytics): every workspace, no writes, no secrets';
 
 -- The audit writer's INSERT (the table forces RLS, for its owner too).
 CREATE POLICY audit_writer_inserts ON entitlements.entitlement_checks FOR INSERT
     TO entitlements_audit_writer WITH CHECK (true);
+
+-- Admins write the catalog, overrides, members and the Stripe price map directly; readers
+-- read every workspace's rows (never the webhook secrets: no policy, no grant).
+CREATE POLICY admin_writes ON entitlements.tiers TO entitlements_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_writes ON entitlements.features TO entitlements_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_writes ON entitlements.overrides TO entitlements_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_writes ON entitlements.workspace_members TO entitlements_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_writes ON entitlements.stripe_price_tiers TO entitlements_admin USING (true) WITH CHECK (true);
+CREATE POLICY reader_reads ON entitlements.workspaces FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.billing_state FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.overrides FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.workspace_members FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.entitlement_checks FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_price_tiers FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_customers FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_subscriptions FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_events FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_customer_locks FOR SELECT TO entitlements_reader USING (true);
 
 -- ---------------------------------------------------------------------------------------
 -- Grants: first nothing for PUBLIC, then exactly what each role needs.
@@ -217,6 +546,7 @@ GRANT EXECUTE ON FUNCTION
     entitlements.entitlement_check(uuid, text),
     entitlements.entitlement_check_all(uuid),
     entitlements.has_entitlement(uuid, text),
+    entitlements.upgrade_options(uuid),
     entitlements.current_user_id(),
     entitlements.is_member(uuid),
     entitlements.decide_all(uuid),
@@ -240,6 +570,47 @@ GRANT EXECUTE ON FUNCTION entitlements.apply_stripe_event(text, text) TO entitle
 
 -- The audit writer stores rows, nothing else.
 GRANT INSERT ON entitlements.entitlement_checks TO entitlements_audit_writer;
+
+GRANT USAGE ON SCHEMA entitlements TO entitlements_admin, entitlements_reader;
+
+-- Billing, catalog and membership administration. The functions are SECURITY DEFINER (they
+-- validate before they write); the tables below may also be edited directly.
+GRANT EXECUTE ON FUNCTION
+    entitlements.sync_billing_state(uuid, text, text, timestamptz, timestamptz, boolean),
+    entitlements.set_override(uuid, text, boolean, timestamptz, text),
+    entitlements.clear_override(uuid, text),
+    entitlements.register_workspace(uuid),
+    entitlements.unregister_workspace(uuid),
+    entitlements.add_member(uuid, text, text),
+    entitlements.remove_member(uuid, text),
+    entitlements.attach_workspace_table(regclass, name),
+    entitlements.attach_membership_table(regclass, name, name),
+    entitlements.link_stripe_customer(uuid, text),
+    entitlements.replay_stripe_events(uuid),
+    entitlements.add_webhook_secret(text, timestamptz),
+    entitlements.revoke_webhook_secret(text)
+  TO entitlements_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON entitlements.tiers, entitlements.features,
+      entitlements.overrides, entitlements.workspace_members, entitlements.stripe_price_tiers
+   TO entitlements_admin;
+
+-- Read-only, every workspace (RLS policies reader_reads; the checks' authorization lets a
+-- member of entitlements_reader read any workspace's decisions, which the matrix views need).
+GRANT EXECUTE ON FUNCTION
+    entitlements.current_user_id(),
+    entitlements.is_member(uuid),
+    entitlements.decide_all(uuid),
+    entitlements.past_due_grace()
+  TO entitlements_reader;
+GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspaces,
+                entitlements.billing_state, entitlements.entitlements, entitlements.overrides,
+                entitlements.workspace_members, entitlements.entitlements_current,
+                entitlements.billing_status_current, entitlements.entitlement_checks,
+                entitlements.entitlement_checks_summary, entitlements.denials_by_reason,
+                entitlements.stripe_price_tiers, entitlements.stripe_customers,
+                entitlements.stripe_subscriptions, entitlements.stripe_events,
+                entitlements.stripe_customer_locks
+   TO entitlements_reader;
 
 -- Monitoring: the counters span every database of the cluster.
 GRANT EXECUTE ON FUNCTION

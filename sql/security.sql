@@ -1,7 +1,7 @@
 -- pg_entitlements: who may do what. Runs last (finalize), after every table, view and
 -- function exists. docs/SECURITY.md states the trust model this file implements.
 --
--- Least privilege: nothing in schema entitlements is granted to PUBLIC. Three roles carry
+-- Least privilege: nothing in schema entitlements is granted to PUBLIC. Five roles carry
 -- what the product's users need (roles are cluster-wide: created by the first CREATE
 -- EXTENSION, kept when the extension is dropped, as any role):
 --   entitlements_app           what an application role needs: the checks, reading its
@@ -10,6 +10,11 @@
 --   entitlements_webhook       what the webhook layer needs: apply_stripe_event.
 --   entitlements_audit_writer  the only rights the audit writer stores rows with: INSERT on
 --                              the audit table. Nobody logs in as it.
+--   entitlements_admin         billing, catalog and membership administration: the admin
+--                              functions and writes to the catalog, overrides, members and
+--                              the Stripe price map.
+--   entitlements_reader        read-only, every workspace (support, analytics); never the
+--                              webhook secrets.
 --   pg_monitor                 (PostgreSQL's own) the cluster-wide counters.
 
 DO $roles$
@@ -28,6 +33,18 @@ $roles$;
 COMMENT ON ROLE entitlements_app IS 'pg_entitlements: grant to application login roles (checks, tenant reads, identity)';
 COMMENT ON ROLE entitlements_webhook IS 'pg_entitlements: grant to the role of the Stripe webhook layer (apply_stripe_event)';
 COMMENT ON ROLE entitlements_audit_writer IS 'pg_entitlements: the audit writer stores rows as this role';
+DO $more_roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'entitlements_admin') THEN
+        CREATE ROLE entitlements_admin NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'entitlements_reader') THEN
+        CREATE ROLE entitlements_reader NOLOGIN;
+    END IF;
+END
+$more_roles$;
+COMMENT ON ROLE entitlements_admin IS 'pg_entitlements: grant to roles that administer billing, the catalog, overrides and members';
+COMMENT ON ROLE entitlements_reader IS 'pg_entitlements: grant to read-only roles (support, analytics): every workspace, no writes, no secrets';
 
 -- ---------------------------------------------------------------------------------------
 -- Row-level security: members read their own workspaces' rows; nobody but privileged roles
@@ -55,6 +72,24 @@ CREATE POLICY own_memberships ON entitlements.workspace_members FOR SELECT
 CREATE POLICY audit_writer_inserts ON entitlements.entitlement_checks FOR INSERT
     TO entitlements_audit_writer WITH CHECK (true);
 
+-- Admins write the catalog, overrides, members and the Stripe price map directly; readers
+-- read every workspace's rows (never the webhook secrets: no policy, no grant).
+CREATE POLICY admin_writes ON entitlements.tiers TO entitlements_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_writes ON entitlements.features TO entitlements_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_writes ON entitlements.overrides TO entitlements_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_writes ON entitlements.workspace_members TO entitlements_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_writes ON entitlements.stripe_price_tiers TO entitlements_admin USING (true) WITH CHECK (true);
+CREATE POLICY reader_reads ON entitlements.workspaces FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.billing_state FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.overrides FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.workspace_members FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.entitlement_checks FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_price_tiers FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_customers FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_subscriptions FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_events FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_customer_locks FOR SELECT TO entitlements_reader USING (true);
+
 -- ---------------------------------------------------------------------------------------
 -- Grants: first nothing for PUBLIC, then exactly what each role needs.
 -- ---------------------------------------------------------------------------------------
@@ -70,6 +105,7 @@ GRANT EXECUTE ON FUNCTION
     entitlements.entitlement_check(uuid, text),
     entitlements.entitlement_check_all(uuid),
     entitlements.has_entitlement(uuid, text),
+    entitlements.upgrade_options(uuid),
     entitlements.current_user_id(),
     entitlements.is_member(uuid),
     entitlements.decide_all(uuid),
@@ -93,6 +129,47 @@ GRANT EXECUTE ON FUNCTION entitlements.apply_stripe_event(text, text) TO entitle
 
 -- The audit writer stores rows, nothing else.
 GRANT INSERT ON entitlements.entitlement_checks TO entitlements_audit_writer;
+
+GRANT USAGE ON SCHEMA entitlements TO entitlements_admin, entitlements_reader;
+
+-- Billing, catalog and membership administration. The functions are SECURITY DEFINER (they
+-- validate before they write); the tables below may also be edited directly.
+GRANT EXECUTE ON FUNCTION
+    entitlements.sync_billing_state(uuid, text, text, timestamptz, timestamptz, boolean),
+    entitlements.set_override(uuid, text, boolean, timestamptz, text),
+    entitlements.clear_override(uuid, text),
+    entitlements.register_workspace(uuid),
+    entitlements.unregister_workspace(uuid),
+    entitlements.add_member(uuid, text, text),
+    entitlements.remove_member(uuid, text),
+    entitlements.attach_workspace_table(regclass, name),
+    entitlements.attach_membership_table(regclass, name, name),
+    entitlements.link_stripe_customer(uuid, text),
+    entitlements.replay_stripe_events(uuid),
+    entitlements.add_webhook_secret(text, timestamptz),
+    entitlements.revoke_webhook_secret(text)
+  TO entitlements_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON entitlements.tiers, entitlements.features,
+      entitlements.overrides, entitlements.workspace_members, entitlements.stripe_price_tiers
+   TO entitlements_admin;
+
+-- Read-only, every workspace (RLS policies reader_reads; the checks' authorization lets a
+-- member of entitlements_reader read any workspace's decisions, which the matrix views need).
+GRANT EXECUTE ON FUNCTION
+    entitlements.current_user_id(),
+    entitlements.is_member(uuid),
+    entitlements.decide_all(uuid),
+    entitlements.past_due_grace()
+  TO entitlements_reader;
+GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspaces,
+                entitlements.billing_state, entitlements.entitlements, entitlements.overrides,
+                entitlements.workspace_members, entitlements.entitlements_current,
+                entitlements.billing_status_current, entitlements.entitlement_checks,
+                entitlements.entitlement_checks_summary, entitlements.denials_by_reason,
+                entitlements.stripe_price_tiers, entitlements.stripe_customers,
+                entitlements.stripe_subscriptions, entitlements.stripe_events,
+                entitlements.stripe_customer_locks
+   TO entitlements_reader;
 
 -- Monitoring: the counters span every database of the cluster.
 GRANT EXECUTE ON FUNCTION

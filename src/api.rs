@@ -18,6 +18,17 @@ pub struct Checked {
     pub cached: bool,
     pub cache_ttl_remaining: Option<i32>,
     pub resolved_at: i64,
+    /// The tier a paywall offers (see `required_tier`).
+    pub required_tier: Option<String>,
+}
+
+/// The feature's min tier when subscribing to it could lift the denial; `None` when allowed or
+/// when no tier would (`Reason::lifted_by_a_tier`). `min_tier` is only asked for then.
+fn required_tier(decision: &Decision, min_tier: impl FnOnce() -> Option<String>) -> Option<String> {
+    match decision.reason {
+        Some(reason) if !decision.enabled && reason.lifted_by_a_tier() => min_tier(),
+        _ => None,
+    }
 }
 
 pub fn resolve(inputs: &FeatureInputs, now: i64, past_due_grace: i64) -> Decision {
@@ -34,11 +45,13 @@ fn cache_key<'a>(workspace_id: &Uuid, feature: &'a str) -> Key<'a> {
     Key { database: cache::database(), workspace: *workspace_id.as_bytes(), feature }
 }
 
-fn from_cache(feature: &str, e: &Entry, now: i64) -> Checked {
+fn from_cache(feature: &str, e: &Entry, now: i64, reader: &cache::Reader) -> Checked {
+    let decision = Decision { enabled: e.enabled, reason: e.reason, valid_until: None };
     Checked {
         feature: feature.to_owned(),
         tier: e.tier().to_owned(),
-        decision: Decision { enabled: e.enabled, reason: e.reason, valid_until: None },
+        required_tier: required_tier(&decision, || catalog::min_tier_cached(reader, feature)),
+        decision,
         cached: true,
         cache_ttl_remaining: Some(cache::ttl_seconds(e.expires_at, now)),
         resolved_at: e.cached_at,
@@ -50,6 +63,7 @@ fn computed(inputs: FeatureInputs, decision: Decision, now: i64, reader: Option<
         r.put(&cache_key(workspace_id, &inputs.feature), decision.enabled, decision.reason, &inputs.tier, decision.valid_until)
     });
     Checked {
+        required_tier: required_tier(&decision, || Some(inputs.min_tier)),
         feature: inputs.feature,
         tier: inputs.tier,
         decision,
@@ -67,7 +81,7 @@ pub fn check_one(workspace_id: Uuid, feature: &str) -> Option<Checked> {
     let reader = cache::reader(now, grace);
     if let Some(r) = &reader {
         if let Some(e) = r.get(&cache_key(&workspace_id, feature)) {
-            return Some(from_cache(feature, &e, now));
+            return Some(from_cache(feature, &e, now, r));
         }
     }
     let inputs = cache::read_decision_inputs(|s| catalog::feature_inputs(workspace_id, feature, s))?;
@@ -85,7 +99,7 @@ pub fn check_all(workspace_id: Uuid) -> Vec<Checked> {
         if let Some(names) = catalog::feature_names_cached(r) {
             let hits: Option<Vec<Checked>> = names
                 .iter()
-                .map(|f| r.get(&cache_key(&workspace_id, f)).map(|e| from_cache(f, &e, now)))
+                .map(|f| r.get(&cache_key(&workspace_id, f)).map(|e| from_cache(f, &e, now, r)))
                 .collect();
             if let Some(hits) = hits {
                 return hits;
@@ -125,8 +139,18 @@ unsafe fn check_result_datum(tupdesc: pg_sys::TupleDesc, c: &Checked) -> pg_sys:
         pg_sys::Datum::from(c.cached),
         pg_sys::Datum::from(c.resolved_at),
         pg_sys::Datum::from(c.cache_ttl_remaining.unwrap_or(0)),
+        c.required_tier.as_deref().map_or(pg_sys::Datum::from(0), text),
     ];
-    let mut nulls = [false, false, false, reason.is_none(), false, false, c.cache_ttl_remaining.is_none()];
+    let mut nulls = [
+        false,
+        false,
+        false,
+        reason.is_none(),
+        false,
+        false,
+        c.cache_ttl_remaining.is_none(),
+        c.required_tier.is_none(),
+    ];
     // SAFETY: values and nulls have one element per attribute of check_result, with the
     // attribute's type; none is toasted, so the header is a valid composite datum as is.
     unsafe {
@@ -256,6 +280,29 @@ fn decide_all(
     TableIterator::new(decide_all_uncached(workspace_id, now(), gucs::past_due_grace_micros()).into_iter().map(|(inputs, d)| {
         (inputs.feature, d.enabled, inputs.tier, d.reason.map(|r| r.code()), d.valid_until.map(timestamptz))
     }))
+}
+
+/// The paywall's list: every feature the workspace is denied, with the reason and the tier
+/// that unlocks it (NULL when no tier would, e.g. an admin revoked it). Unaudited, uncached,
+/// authorized as the checks are.
+#[pg_extern(stable, parallel_restricted)]
+fn upgrade_options(
+    workspace_id: Option<Uuid>,
+) -> TableIterator<
+    'static,
+    (name!(feature, String), name!(reason, Option<&'static str>), name!(required_tier, Option<String>)),
+> {
+    let workspace_id = require(workspace_id, "workspace_id");
+    identity::authorize(workspace_id);
+    let rows: Vec<_> = decide_all_uncached(workspace_id, now(), gucs::past_due_grace_micros())
+        .into_iter()
+        .filter(|(_, d)| !d.enabled)
+        .map(|(inputs, d)| {
+            let tier = required_tier(&d, || Some(inputs.min_tier));
+            (inputs.feature, d.reason.map(|r| r.code()), tier)
+        })
+        .collect();
+    TableIterator::new(rows)
 }
 
 /// The grace as an interval, for views (`SHOW` prints the GUC in its own unit form).

@@ -7,6 +7,7 @@ use crate::spi_read::{self, Row, Snapshot, Stmt};
 use pgrx::pg_sys::{self, BuiltinOid};
 use pgrx::prelude::*;
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 /// One catalog feature with the workspace's billing state and override for it.
 pub struct FeatureInputs {
@@ -14,6 +15,8 @@ pub struct FeatureInputs {
     pub min_level: i32,
     /// The workspace's effective tier (`free` without a billing row).
     pub tier: String,
+    /// The feature's min tier: the lowest tier whose level allows it.
+    pub min_tier: String,
     pub billing: Billing,
     pub override_: Option<Override>,
 }
@@ -25,7 +28,8 @@ macro_rules! inputs_query {
     ($tail:literal) => {
         concat!(
             "SELECT f.feature, ft.level, coalesce(b.tier, 'free'), coalesce(t.level, 0),
-                    coalesce(b.status, 'none'), b.trial_end, b.past_due_since, o.enabled, o.expires_at
+                    coalesce(b.status, 'none'), b.trial_end, b.past_due_since, o.enabled, o.expires_at,
+                    f.min_tier
                FROM entitlements.features f
                JOIN entitlements.tiers ft ON ft.tier = f.min_tier
                LEFT JOIN entitlements.billing_state b ON b.workspace_id = $1
@@ -44,7 +48,7 @@ static IS_MEMBER: Stmt = Stmt {
     args: &[UUID, TEXT],
 };
 static FEATURE_NAMES: Stmt = Stmt {
-    sql: "SELECT f.feature FROM entitlements.features f
+    sql: "SELECT f.feature, f.min_tier FROM entitlements.features f
             JOIN entitlements.tiers t ON t.tier = f.min_tier
            ORDER BY t.level, f.feature",
     args: &[],
@@ -68,6 +72,7 @@ fn feature_inputs_of(row: &Row) -> FeatureInputs {
         feature: row.get(1).unwrap_or_default(),
         min_level: row.get(2).unwrap_or(0),
         tier: row.get(3).unwrap_or_default(),
+        min_tier: row.get(10).unwrap_or_default(),
         billing,
         override_,
     }
@@ -90,23 +95,49 @@ pub fn is_member(workspace_id: pgrx::Uuid, user: &str, snapshot: Snapshot) -> bo
         .unwrap_or(false)
 }
 
-thread_local! {
-    /// The catalog's feature names with the cache epoch they were read in.
-    static NAMES: RefCell<Option<(u64, Vec<String>)>> = const { RefCell::new(None) };
+/// What a backend keeps of the catalog for cached answers: the feature names in
+/// `entitlement_check_all` order and each feature's min tier (for `required_tier`).
+struct CatalogMemo {
+    epoch: u64,
+    names: Vec<String>,
+    min_tiers: HashMap<String, String>,
 }
 
-/// The catalog's feature names in `entitlement_check_all` order, kept per backend for as
-/// long as no invalidation has happened since they were read (a catalog edit invalidates).
-pub fn feature_names_cached(reader: &crate::cache::Reader) -> Option<Vec<String>> {
-    let fresh = NAMES.with(|n| {
-        n.borrow().as_ref().filter(|(epoch, _)| *epoch == reader.epoch()).map(|(_, v)| v.clone())
-    });
-    if fresh.is_some() {
+thread_local! {
+    /// The catalog memo with the cache epoch it was read in.
+    static NAMES: RefCell<Option<CatalogMemo>> = const { RefCell::new(None) };
+}
+
+/// `read` on the catalog memo, valid for as long as no invalidation has happened since it was
+/// read (a catalog edit invalidates); read again otherwise.
+fn with_catalog_memo<R>(reader: &crate::cache::Reader, read: impl Fn(&CatalogMemo) -> R) -> R {
+    let fresh = NAMES.with(|n| n.borrow().as_ref().filter(|m| m.epoch == reader.epoch()).map(&read));
+    if let Some(fresh) = fresh {
         return fresh;
     }
-    let names: Vec<String> = crate::cache::with_latest_snapshot(|| {
-        spi_read::query(&FEATURE_NAMES, &[], Snapshot::Active, 0, |r| r.get::<String>(1).unwrap_or_default())
+    let rows: Vec<(String, String)> = crate::cache::with_latest_snapshot(|| {
+        spi_read::query(&FEATURE_NAMES, &[], Snapshot::Active, 0, |r| {
+            (r.get::<String>(1).unwrap_or_default(), r.get::<String>(2).unwrap_or_default())
+        })
     });
-    NAMES.with(|n| *n.borrow_mut() = Some((reader.epoch(), names.clone())));
-    Some(names)
+    let memo = CatalogMemo {
+        epoch: reader.epoch(),
+        names: rows.iter().map(|(f, _)| f.clone()).collect(),
+        min_tiers: rows.into_iter().collect(),
+    };
+    let answer = read(&memo);
+    NAMES.with(|n| *n.borrow_mut() = Some(memo));
+    answer
+}
+
+/// The catalog's feature names in `entitlement_check_all` order, kept per backend (see
+/// `with_catalog_memo`).
+pub fn feature_names_cached(reader: &crate::cache::Reader) -> Option<Vec<String>> {
+    Some(with_catalog_memo(reader, |m| m.names.clone()))
+}
+
+/// A feature's min tier, kept per backend like the names: what a cached denial needs for
+/// its `required_tier` without another catalog read.
+pub fn min_tier_cached(reader: &crate::cache::Reader, feature: &str) -> Option<String> {
+    with_catalog_memo(reader, |m| m.min_tiers.get(feature).cloned())
 }

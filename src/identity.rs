@@ -1,4 +1,5 @@
-//! Who is asking. Superusers and BYPASSRLS roles may check any workspace; everyone else must
+//! Who is asking. Superusers and BYPASSRLS roles may check any workspace, and members of
+//! `entitlements_reader` may read any workspace's decisions; everyone else must
 //! carry an identity (`pg_entitlements.user_id`, else the `sub` claim of `request.jwt.claims`,
 //! the PostgREST/Supabase convention) and be a member of the workspace.
 
@@ -86,13 +87,28 @@ fn no_identity(why: Missing) -> ! {
     })
 }
 
+/// Does the current role have the privileges of `entitlements_reader` (read-only, every
+/// workspace)? Asked only once membership has failed, so members' checks never pay for it.
+fn reads_every_workspace() -> bool {
+    // SAFETY: catalog lookups on the current user and a role name, valid in any transaction;
+    // a missing role answers InvalidOid (missing_ok).
+    unsafe {
+        let reader = pg_sys::get_role_oid(c"entitlements_reader".as_ptr(), true);
+        reader != pg_sys::InvalidOid && pg_sys::has_privs_of_role(pg_sys::GetUserId(), reader)
+    }
+}
+
 /// Raise 28000 / 42501 unless the caller may ask about `workspace_id`.
 pub fn authorize(workspace_id: pgrx::Uuid) {
     if is_privileged() {
         return;
     }
-    let user = asserted_identity().unwrap_or_else(|why| no_identity(why));
-    if !is_member(workspace_id, user.clone()) {
+    let user = match asserted_identity() {
+        Ok(user) => user,
+        Err(_) if reads_every_workspace() => return,
+        Err(why) => no_identity(why),
+    };
+    if !is_member(workspace_id, user.clone()) && !reads_every_workspace() {
         errors::not_a_member(&workspace_id.to_string(), &user);
     }
 }
@@ -103,8 +119,12 @@ pub fn may_ask(workspace_id: pgrx::Uuid) -> bool {
     if is_privileged() {
         return true;
     }
-    let user = asserted_identity().unwrap_or_else(|why| no_identity(why));
-    is_member(workspace_id, user)
+    let user = match asserted_identity() {
+        Ok(user) => user,
+        Err(_) if reads_every_workspace() => return true,
+        Err(why) => no_identity(why),
+    };
+    is_member(workspace_id, user) || reads_every_workspace()
 }
 
 thread_local! {

@@ -43,6 +43,13 @@ impl Reason {
         }
     }
 
+    /// Could subscribing to the feature's min tier lift this denial? Every reason but an
+    /// admin's revocation (and the reserved usage limit, which no tier is known to lift): the
+    /// paywall then offers that tier.
+    pub fn lifted_by_a_tier(self) -> bool {
+        !matches!(self, Reason::FeatureDisabled | Reason::LimitExceeded)
+    }
+
     /// Small stable number, for compact storage (the shared cache, the audit queue).
     pub fn ordinal(self) -> u8 {
         Reason::ALL.iter().position(|r| *r == self).unwrap_or(0) as u8 + 1

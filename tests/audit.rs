@@ -55,7 +55,7 @@ fn checks_of_a_rolled_back_transaction_are_recorded() {
     assert_eq!(flushed_rows(&mut c, &ws), 15);
     let denied = count(&mut c, &format!(
         "SELECT count(*) FROM entitlements.entitlement_checks
-          WHERE workspace_id = {ws} AND feature = 'ccp-05' AND NOT result AND reason_code = 'TIER_INSUFFICIENT'"));
+          WHERE workspace_id = {ws} AND feature = 'ccp-05' AND NOT result AND reason = 'TIER_INSUFFICIENT'"));
     assert_eq!(denied, 2, "the single check and the ccp-05 row of check_all");
 }
 
@@ -465,7 +465,7 @@ fn property_one_row_per_check_with_the_returned_values() {
             flush(c);
             let mut actual: Vec<Row> = c
                 .query(
-                    "SELECT workspace_id::text, feature, result, reason_code, cached
+                    "SELECT workspace_id::text, feature, result, reason, cached
                        FROM entitlements.entitlement_checks WHERE id > $1",
                     &[&since],
                 )

@@ -241,7 +241,7 @@ fn matrix_views_and_checks_never_disagree() {
                        FULL JOIN single s USING (workspace_id, feature)
                        LEFT JOIN entitlements.entitlements_current v USING (workspace_id, feature)
                       WHERE c.enabled IS DISTINCT FROM m.enabled
-                         OR c.reason IS DISTINCT FROM m.reason_code
+                         OR c.reason IS DISTINCT FROM m.reason
                          OR c.tier IS DISTINCT FROM m.tier
                          OR s.enabled IS DISTINCT FROM c.enabled
                          OR s.reason IS DISTINCT FROM c.reason

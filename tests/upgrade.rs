@@ -148,7 +148,10 @@ fn alter_extension_update_from_0_1_0_matches_a_fresh_install_and_keeps_every_row
                                                           ('22222222-2222-2222-2222-222222222222', 'bob', 'member');
          INSERT INTO entitlements.stripe_price_tiers VALUES ('price_pro', 'pro');
          SELECT entitlements.add_webhook_secret('whsec_upgrade_test');
-         SELECT entitlements.link_stripe_customer('11111111-1111-1111-1111-111111111111', 'cus_upgrade');",
+         SELECT entitlements.link_stripe_customer('11111111-1111-1111-1111-111111111111', 'cus_upgrade');
+         CREATE TABLE public.app_workspaces (id uuid PRIMARY KEY);
+         INSERT INTO public.app_workspaces VALUES ('55555555-5555-5555-5555-555555555555');
+         SELECT entitlements.attach_workspace_table('public.app_workspaces', 'id');",
     );
     let payload = serde_json::json!({
         "id": "evt_upgrade_1", "object": "event", "type": "customer.subscription.updated",
@@ -203,4 +206,11 @@ fn alter_extension_update_from_0_1_0_matches_a_fresh_install_and_keeps_every_row
         .unwrap()
         .get(0);
     assert_eq!(recorded, 1, "the updated audit table records the new columns");
+    // A table attached under 0.1.0 now unregisters the workspaces it deletes.
+    exec(&mut old, "DELETE FROM public.app_workspaces");
+    let left: i64 = old
+        .query_one("SELECT count(*) FROM entitlements.workspaces WHERE workspace_id = '55555555-5555-5555-5555-555555555555'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the attached table's trigger was brought up to date");
 }

@@ -30,7 +30,7 @@ const MAX_ATTEMPTS: u32 = 3;
 const WRITER_ROLE: &std::ffi::CStr = c"entitlements_audit_writer";
 
 /// The INSERT for a table of 0.1.0's shape (before `ALTER EXTENSION ... UPDATE` added the
-/// session_role and connection_addr columns): a server running this library keeps the audit
+/// session_role and connection_addr columns and renamed reason_code to reason): a server running this library keeps the audit
 /// of a database whose schema has not been updated yet.
 const INSERT_0_1: &str = "
 INSERT INTO entitlements.entitlement_checks
@@ -43,7 +43,7 @@ SELECT pg_catalog.unnest($1::pg_catalog.timestamptz[]), pg_catalog.unnest($2::pg
 
 const INSERT: &str = "
 INSERT INTO entitlements.entitlement_checks
-       (checked_at, workspace_id, user_id, feature, result, reason_code, cached, user_agent,
+       (checked_at, workspace_id, user_id, feature, result, reason, cached, user_agent,
         ip_address, session_role, connection_addr)
 SELECT pg_catalog.unnest($1::pg_catalog.timestamptz[]), pg_catalog.unnest($2::pg_catalog.uuid[]),
        pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]),
