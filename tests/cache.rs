@@ -438,3 +438,22 @@ fn removing_a_member_takes_effect_at_once_despite_the_membership_memo() {
     exec(&mut app, "SET pg_entitlements.user_id = 'mallory'");
     assert_eq!(sqlstate(&mut app, &format!("SELECT * FROM entitlements.entitlement_check({ws}, 'ccp-05')")), "42501");
 }
+
+/// The partition and slot hash mixes every byte: 10,000 workspaces whose ids differ only in
+/// their last bytes, one feature each, all fit in the default-size shared cache.
+#[test]
+fn sequential_workspace_ids_fit_in_the_shared_cache_without_evictions() {
+    let pg = Cluster::start("cache-spread");
+    let mut c = pg.connect();
+    let row = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE entitlements.has_entitlement(
+                        lpad(to_hex(i), 32, '0')::uuid, 'ccp-01'))
+               FROM generate_series(1, 10000) AS i",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 10_000, "ccp-01 is a free feature");
+    let row = c.query_one("SELECT entries, evictions FROM entitlements.cache_statistics()", &[]).unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (10_000, 0));
+}
