@@ -173,6 +173,17 @@ ALTER TABLE entitlements.stripe_customer_locks ENABLE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('entitlements.stripe_events_arrival_seq', '');
 
 -- ---------------------------------------------------------------------------------------
+-- Checks of several features in one call.
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION entitlements.entitlement_check_many(
+	"workspace_id" uuid,
+	"features" TEXT[]
+) RETURNS SETOF entitlements.check_result
+VOLATILE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'entitlement_check_many_wrapper';
+
+-- ---------------------------------------------------------------------------------------
 -- Least privilege (sql/security.sql): the roles, the writer's policy, and the grants.
 -- ---------------------------------------------------------------------------------------
 DO $roles$
@@ -210,6 +221,7 @@ GRANT USAGE ON SCHEMA entitlements TO entitlements_app, entitlements_webhook, en
 GRANT EXECUTE ON FUNCTION
     entitlements.entitlement_check(uuid, text),
     entitlements.entitlement_check_all(uuid),
+    entitlements.entitlement_check_many(uuid, text[]),
     entitlements.has_entitlement(uuid, text),
     entitlements.current_user_id(),
     entitlements.is_member(uuid),

@@ -69,6 +69,7 @@ GRANT USAGE ON SCHEMA entitlements TO entitlements_app, entitlements_webhook, en
 GRANT EXECUTE ON FUNCTION
     entitlements.entitlement_check(uuid, text),
     entitlements.entitlement_check_all(uuid),
+    entitlements.entitlement_check_many(uuid, text[]),
     entitlements.has_entitlement(uuid, text),
     entitlements.current_user_id(),
     entitlements.is_member(uuid),

@@ -221,6 +221,35 @@ fn entitlement_check_all(
     }))
 }
 
+/// The check for several features at once: one row per feature, in the order given (a
+/// feature given twice is answered twice), each audited as it is returned. Every feature is
+/// decided before the first row goes out, so an unknown one fails the call (22023) before
+/// the caller has seen, or the audit recorded, any row.
+#[pg_extern(volatile, parallel_restricted)]
+fn entitlement_check_many(
+    workspace_id: Option<Uuid>,
+    features: Option<Vec<Option<String>>>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> SetOfIterator<'static, CheckResultRow> {
+    let workspace_id = require(workspace_id, "workspace_id");
+    let features = require(features, "features");
+    identity::authorize(workspace_id);
+    let checked: Vec<Checked> = features
+        .iter()
+        .map(|f| {
+            let feature = require(f.as_deref(), "feature");
+            check_one(workspace_id, feature).unwrap_or_else(|| errors::unknown_feature(feature))
+        })
+        .collect();
+    // SAFETY: as in entitlement_check_all.
+    let tupdesc = unsafe { pg_sys::CreateTupleDescCopy(result_tupdesc(fcinfo)) };
+    SetOfIterator::new(checked.into_iter().map(move |checked| {
+        audit::record(&audited(workspace_id, &checked));
+        // SAFETY: tupdesc is check_result's, from this function's declared result type.
+        CheckResultRow(unsafe { check_result_datum(tupdesc, &checked) })
+    }))
+}
+
 /// The predicate for RLS policies: the same decision, no audit. NULL input, an unknown feature
 /// or a workspace the caller is not a member of all answer false (a policy filters rows; it
 /// should not fail the query). A non-privileged caller without any identity still gets 28000:
