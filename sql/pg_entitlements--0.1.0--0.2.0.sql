@@ -184,6 +184,14 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'entitlement_check_many_wrapper';
 
 -- ---------------------------------------------------------------------------------------
+-- Read-your-writes on hot standbys: the token a writer hands to the app.
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION entitlements.write_token() RETURNS pg_lsn
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_token_wrapper';
+
+-- ---------------------------------------------------------------------------------------
 -- Least privilege (sql/security.sql): the roles, the writer's policy, and the grants.
 -- ---------------------------------------------------------------------------------------
 DO $roles$
@@ -228,7 +236,8 @@ GRANT EXECUTE ON FUNCTION
     entitlements.decide_all(uuid),
     entitlements.past_due_grace(),
     entitlements.cache_enabled(),
-    entitlements.flush_audit()
+    entitlements.flush_audit(),
+    entitlements.write_token()
   TO entitlements_app;
 -- Reading is filtered by RLS to the workspaces the asserted identity is a member of.
 GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspaces,

@@ -76,7 +76,8 @@ GRANT EXECUTE ON FUNCTION
     entitlements.decide_all(uuid),
     entitlements.past_due_grace(),
     entitlements.cache_enabled(),
-    entitlements.flush_audit()
+    entitlements.flush_audit(),
+    entitlements.write_token()
   TO entitlements_app;
 -- Reading is filtered by RLS to the workspaces the asserted identity is a member of.
 GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspaces,

@@ -182,6 +182,7 @@ fn entitlement_check(
     feature: Option<&str>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> CheckResultRow {
+    crate::replica::await_min_lsn();
     let workspace_id = require(workspace_id, "workspace_id");
     let feature = require(feature, "feature");
     identity::authorize(workspace_id);
@@ -208,6 +209,7 @@ fn entitlement_check_all(
     workspace_id: Option<Uuid>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> SetOfIterator<'static, CheckResultRow> {
+    crate::replica::await_min_lsn();
     let workspace_id = require(workspace_id, "workspace_id");
     identity::authorize(workspace_id);
     // SAFETY: fcinfo is this call's; the descriptor is copied into this (first) call's
@@ -231,6 +233,7 @@ fn entitlement_check_many(
     features: Option<Vec<Option<String>>>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> SetOfIterator<'static, CheckResultRow> {
+    crate::replica::await_min_lsn();
     let workspace_id = require(workspace_id, "workspace_id");
     let features = require(features, "features");
     identity::authorize(workspace_id);
@@ -256,6 +259,7 @@ fn entitlement_check_many(
 /// that is a misconfigured connection, and silence would hide it.
 #[pg_extern(stable, parallel_restricted)]
 fn has_entitlement(workspace_id: Option<Uuid>, feature: Option<&str>) -> bool {
+    crate::replica::await_min_lsn();
     let (Some(workspace_id), Some(feature)) = (workspace_id, feature) else { return false };
     identity::may_ask(workspace_id) && check_one(workspace_id, feature).is_some_and(|c| c.decision.enabled)
 }
@@ -281,6 +285,7 @@ fn decide_all(
         name!(valid_until, Option<TimestampWithTimeZone>),
     ),
 > {
+    crate::replica::await_min_lsn();
     identity::authorize(workspace_id);
     TableIterator::new(decide_all_uncached(workspace_id, now(), gucs::past_due_grace_micros()).into_iter().map(|(inputs, d)| {
         (inputs.feature, d.enabled, inputs.tier, d.reason.map(|r| r.code()), d.valid_until.map(timestamptz))

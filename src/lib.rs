@@ -20,6 +20,7 @@ mod errors;
 mod gucs;
 mod identity;
 mod pgutil;
+mod replica;
 mod spi_read;
 pub mod resolver;
 pub mod stripe;
