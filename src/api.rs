@@ -64,7 +64,7 @@ fn computed(inputs: FeatureInputs, decision: Decision, now: i64, reader: Option<
 pub fn check_one(workspace_id: Uuid, feature: &str) -> Option<Checked> {
     let now = now();
     let grace = gucs::past_due_grace_micros();
-    let reader = cache::reader(now, grace);
+    let reader = cache::reader(now, grace, workspace_id.as_bytes());
     if let Some(r) = &reader {
         if let Some(e) = r.get(&cache_key(&workspace_id, feature)) {
             return Some(from_cache(feature, &e, now));
@@ -80,7 +80,7 @@ pub fn check_one(workspace_id: Uuid, feature: &str) -> Option<Checked> {
 pub fn check_all(workspace_id: Uuid) -> Vec<Checked> {
     let now = now();
     let grace = gucs::past_due_grace_micros();
-    let reader = cache::reader(now, grace);
+    let reader = cache::reader(now, grace, workspace_id.as_bytes());
     if let Some(r) = &reader {
         if let Some(names) = catalog::feature_names_cached(r) {
             let hits: Option<Vec<Checked>> = names

@@ -153,6 +153,12 @@ pub fn hash(key: &Key) -> u64 {
     mix(h ^ bytes.len() as u64).max(1)
 }
 
+/// Which invalidation generation a workspace's entries follow (cache/mod.rs): from the
+/// digest's low bits, independent of the partition's high bits.
+pub fn generation_bucket(database: u32, workspace: &[u8; 16], buckets: usize) -> usize {
+    workspace_digest(database, workspace) as usize & (buckets - 1)
+}
+
 /// Which partition a workspace lives in: all of a workspace's features share one, so
 /// invalidating a workspace touches one partition only. Taken from the digest's top bits,
 /// while the slot within a partition comes from the key hash's low bits.
@@ -195,14 +201,22 @@ pub enum Inserted {
 /// Store a decision for `key` computed in epoch `v.epoch`.
 /// Victim choice: the key's own slot; else an empty or dead slot; else the first slot of the
 /// window whose clock bit is clear (clearing bits on the way: second chance); else the home slot.
+#[cfg(test)]
 pub fn insert(slots: &mut [Slot], key: &Key, entry: &Entry, v: &Validity) -> Inserted {
+    insert_with(slots, key, entry, v, |_| v.epoch)
+}
+
+/// `insert` where slots of other workspaces follow versions of their own: `current` gives the
+/// version a slot must carry to be live (an entry of another workspace is not dead just
+/// because its version differs from the key's).
+pub fn insert_with(slots: &mut [Slot], key: &Key, entry: &Entry, v: &Validity, current: impl Fn(&Slot) -> u64) -> Inserted {
     if key.feature.len() > FEATURE_MAX {
         return Inserted::Skipped;
     }
     let h = hash(key);
     let window: Vec<usize> = probe(slots.len(), h).collect();
     let own = window.iter().copied().find(|&i| slots[i].matches(h, key));
-    let dead = || window.iter().copied().find(|&i| !slots[i].is_live(v));
+    let dead = || window.iter().copied().find(|&i| !slots[i].is_live(&Validity { epoch: current(&slots[i]), ..*v }));
     let (victim, evicts) = match own.or_else(dead) {
         Some(i) => (i, false),
         None => {
