@@ -11,7 +11,7 @@ PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
 echo "[bench] release build"
 cargo pgrx install --release --pg-config "$PG_BIN/pg_config" >/dev/null
 which=("$@")
-[ ${#which[@]} -gt 0 ] || which=(cache stripe audit)
+[ ${#which[@]} -gt 0 ] || which=(cache churn stripe audit)
 export SKIP_INSTALL=1  # installed above
 for b in "${which[@]}"; do
     # psycopg lives in the virtual environment setup.sh made.

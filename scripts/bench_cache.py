@@ -23,7 +23,7 @@ def main():
             c.execute("CREATE EXTENSION pg_entitlements")
             c.execute(f"SELECT entitlements.sync_billing_state('{WS}', 'pro', 'active')")
             c.execute(f"INSERT INTO entitlements.workspace_members VALUES ('{WS}', 'alice')")
-            c.execute("CREATE ROLE app_user")
+            c.execute("CREATE ROLE app_user; GRANT entitlements_app TO app_user")
             c.execute("CREATE SCHEMA bench")
             # inlined by the planner: the cost of the series and the FILTER itself
             c.execute("CREATE FUNCTION bench.trivial(uuid, text) RETURNS boolean LANGUAGE sql IMMUTABLE "
