@@ -509,13 +509,14 @@ pub fn ttl_seconds(expires_at: i64, now: i64) -> i32 {
 /// Remove the entries matching `which` in the partitions given; how many live ones went.
 fn remove(partitions: impl Iterator<Item = usize>, which: impl Fn(&Slot) -> bool) -> i64 {
     let Some(shared) = shared() else { return 0 };
+    let v = now_validity();
     let mut removed = 0;
     for p in partitions {
         let _lock = Locked::new(shared, p, pg_sys::LWLockMode::LW_EXCLUSIVE);
         // SAFETY: exclusive lock held.
         for s in unsafe { &mut *partition_slots(shared, p) }.iter_mut() {
             if !s.is_empty() && which(s) {
-                removed += i64::from(is_live(shared, s));
+                removed += i64::from(is_live(shared, s, &v));
                 s.clear();
             }
         }
@@ -524,14 +525,15 @@ fn remove(partitions: impl Iterator<Item = usize>, which: impl Fn(&Slot) -> bool
     removed
 }
 
-/// Whether a slot would be served now (for listings and counts).
-fn is_live(shared: &Shared, s: &Slot) -> bool {
-    let v = Validity {
-        epoch: version(shared, bucket_of(s.database, &s.workspace)),
-        grace: gucs::past_due_grace_micros(),
-        now: crate::pgutil::now(),
-    };
-    s.is_live(&v)
+/// Whether a slot would be served now (for listings and counts): `v` is the grace and the
+/// time, its version is the slot's own workspace's.
+fn is_live(shared: &Shared, s: &Slot, v: &Validity) -> bool {
+    s.is_live(&Validity { epoch: version(shared, bucket_of(s.database, &s.workspace)), ..*v })
+}
+
+/// The grace and the time of a listing or count (the epoch is per slot: see `is_live`).
+fn now_validity() -> Validity {
+    Validity { epoch: 0, grace: gucs::past_due_grace_micros(), now: crate::pgutil::now() }
 }
 
 pub fn invalidate_workspace(workspace: [u8; 16]) -> i64 {
@@ -554,12 +556,13 @@ pub struct Listed {
 pub fn list() -> Vec<Listed> {
     let Some(shared) = shared() else { return Vec::new() };
     let db = database();
+    let v = now_validity();
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
         let _lock = Locked::new(shared, p, pg_sys::LWLockMode::LW_SHARED);
         // SAFETY: shared lock held.
         for s in unsafe { &*partition_slots(shared, p) }.iter() {
-            if s.database == db && is_live(shared, s) {
+            if s.database == db && is_live(shared, s, &v) {
                 out.push(Listed { workspace: s.workspace, feature: s.feature().to_owned(), entry: s.entry() });
             }
         }
@@ -581,11 +584,12 @@ pub fn statistics() -> Statistics {
     let Some(shared) = shared() else {
         return Statistics { enabled: false, entries: 0, capacity: 0, hits: 0, misses: 0, invalidations: 0, evictions: 0 };
     };
+    let v = now_validity();
     let mut entries = 0i64;
     for p in 0..PARTITIONS {
         let _lock = Locked::new(shared, p, pg_sys::LWLockMode::LW_SHARED);
         // SAFETY: shared lock held.
-        entries += unsafe { &*partition_slots(shared, p) }.iter().filter(|s| is_live(shared, s)).count() as i64;
+        entries += unsafe { &*partition_slots(shared, p) }.iter().filter(|s| is_live(shared, s, &v)).count() as i64;
     }
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
     Statistics {
