@@ -123,8 +123,12 @@ CREATE TRIGGER billing_state_after AFTER INSERT OR UPDATE OF workspace_id ON ent
 
 -- ---------------------------------------------------------------------------------------
 -- The shared decision cache follows transactions: any statement that changes an input of the
--- decision (or who may ask: workspace_members) marks its transaction (which then bypasses the cache and invalidates it when it
--- commits) and queues a relcache invalidation that reaches hot standbys through the WAL.
+-- decision (or who may ask: workspace_members) marks its transaction (which then bypasses the
+-- cache until it ends) and queues a relcache invalidation that reaches hot standbys through
+-- the WAL. At commit, a change to the catalog (tiers, features) or a TRUNCATE invalidates
+-- every entry; a change to rows of billing_state, overrides or workspace_members invalidates
+-- the entries of the workspaces those rows belong to, which the AFTER triggers name from the
+-- statement's transition tables (more than 1024 in a statement: every entry).
 -- ENABLE ALWAYS: the triggers fire under session_replication_role = replica too (logical
 -- replication apply).
 -- ---------------------------------------------------------------------------------------
@@ -133,7 +137,31 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM entitlements.note_decision_inputs_changed(TG_RELID);
+    -- The catalog decides for every workspace, and a TRUNCATE names no rows.
+    IF TG_OP = 'TRUNCATE' OR TG_TABLE_NAME IN ('tiers', 'features') THEN
+        PERFORM entitlements.note_decision_inputs_changed(TG_RELID);
+    ELSE
+        PERFORM entitlements.note_workspace_statement(TG_RELID);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION entitlements.cache_invalidate_rows_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM entitlements.note_workspaces_changed(TG_RELID,
+            ARRAY(SELECT DISTINCT n.workspace_id FROM new_rows n LIMIT 1025));
+    ELSIF TG_OP = 'UPDATE' THEN
+        PERFORM entitlements.note_workspaces_changed(TG_RELID,
+            ARRAY(SELECT o.workspace_id FROM old_rows o UNION SELECT n.workspace_id FROM new_rows n LIMIT 1025));
+    ELSE
+        PERFORM entitlements.note_workspaces_changed(TG_RELID,
+            ARRAY(SELECT DISTINCT o.workspace_id FROM old_rows o LIMIT 1025));
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -146,7 +174,7 @@ CREATE TRIGGER cache_invalidate BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON
     FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_trigger();
 CREATE TRIGGER cache_invalidate BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.tiers
     FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_trigger();
--- Membership decides who may ask; backends remember it per epoch.
+-- Membership decides who may ask; backends remember it per workspace version.
 CREATE TRIGGER cache_invalidate BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.workspace_members
     FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_trigger();
 ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER cache_invalidate;
@@ -154,6 +182,42 @@ ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER cache_invalidate;
 ALTER TABLE entitlements.features ENABLE ALWAYS TRIGGER cache_invalidate;
 ALTER TABLE entitlements.tiers ENABLE ALWAYS TRIGGER cache_invalidate;
 ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER cache_invalidate;
+CREATE TRIGGER cache_invalidate_inserted AFTER INSERT ON entitlements.billing_state
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_updated AFTER UPDATE ON entitlements.billing_state
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_deleted AFTER DELETE ON entitlements.billing_state
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER cache_invalidate_inserted;
+ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER cache_invalidate_updated;
+ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER cache_invalidate_deleted;
+CREATE TRIGGER cache_invalidate_inserted AFTER INSERT ON entitlements.overrides
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_updated AFTER UPDATE ON entitlements.overrides
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_deleted AFTER DELETE ON entitlements.overrides
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER cache_invalidate_inserted;
+ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER cache_invalidate_updated;
+ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER cache_invalidate_deleted;
+CREATE TRIGGER cache_invalidate_inserted AFTER INSERT ON entitlements.workspace_members
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_updated AFTER UPDATE ON entitlements.workspace_members
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_deleted AFTER DELETE ON entitlements.workspace_members
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER cache_invalidate_inserted;
+ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER cache_invalidate_updated;
+ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER cache_invalidate_deleted;
 
 -- ---------------------------------------------------------------------------------------
 -- Change notifications for application caches: NOTIFY pg_entitlements_changed with

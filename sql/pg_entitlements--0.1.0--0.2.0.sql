@@ -478,6 +478,115 @@ ALTER TABLE entitlements.tiers ENABLE ALWAYS TRIGGER notify_truncated;
 ALTER TABLE entitlements.features ENABLE ALWAYS TRIGGER notify_truncated;
 
 -- ---------------------------------------------------------------------------------------
+-- Per-workspace cache invalidation: the AFTER triggers name the workspaces a statement
+-- changed, so a commit invalidates only theirs.
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION entitlements.note_workspace_statement(
+	"relid" oid
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'note_workspace_statement_wrapper';
+
+CREATE FUNCTION entitlements.note_workspaces_changed(
+	"relid" oid,
+	"workspace_ids" uuid[]
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'note_workspaces_changed_wrapper';
+
+CREATE OR REPLACE FUNCTION entitlements.cache_invalidate_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- The catalog decides for every workspace, and a TRUNCATE names no rows.
+    IF TG_OP = 'TRUNCATE' OR TG_TABLE_NAME IN ('tiers', 'features') THEN
+        PERFORM entitlements.note_decision_inputs_changed(TG_RELID);
+    ELSE
+        PERFORM entitlements.note_workspace_statement(TG_RELID);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION entitlements.cache_invalidate_rows_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM entitlements.note_workspaces_changed(TG_RELID,
+            ARRAY(SELECT DISTINCT n.workspace_id FROM new_rows n LIMIT 1025));
+    ELSIF TG_OP = 'UPDATE' THEN
+        PERFORM entitlements.note_workspaces_changed(TG_RELID,
+            ARRAY(SELECT o.workspace_id FROM old_rows o UNION SELECT n.workspace_id FROM new_rows n LIMIT 1025));
+    ELSE
+        PERFORM entitlements.note_workspaces_changed(TG_RELID,
+            ARRAY(SELECT DISTINCT o.workspace_id FROM old_rows o LIMIT 1025));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER cache_invalidate_inserted AFTER INSERT ON entitlements.billing_state
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_updated AFTER UPDATE ON entitlements.billing_state
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_deleted AFTER DELETE ON entitlements.billing_state
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER cache_invalidate_inserted;
+ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER cache_invalidate_updated;
+ALTER TABLE entitlements.billing_state ENABLE ALWAYS TRIGGER cache_invalidate_deleted;
+CREATE TRIGGER cache_invalidate_inserted AFTER INSERT ON entitlements.overrides
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_updated AFTER UPDATE ON entitlements.overrides
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_deleted AFTER DELETE ON entitlements.overrides
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER cache_invalidate_inserted;
+ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER cache_invalidate_updated;
+ALTER TABLE entitlements.overrides ENABLE ALWAYS TRIGGER cache_invalidate_deleted;
+CREATE TRIGGER cache_invalidate_inserted AFTER INSERT ON entitlements.workspace_members
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_updated AFTER UPDATE ON entitlements.workspace_members
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_deleted AFTER DELETE ON entitlements.workspace_members
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER cache_invalidate_inserted;
+ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER cache_invalidate_updated;
+ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER cache_invalidate_deleted;
+
+-- ---------------------------------------------------------------------------------------
+-- Checks of several features in one call.
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION entitlements.entitlement_check_many(
+	"workspace_id" uuid,
+	"features" TEXT[]
+) RETURNS SETOF entitlements.check_result
+VOLATILE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'entitlement_check_many_wrapper';
+
+-- ---------------------------------------------------------------------------------------
+-- Read-your-writes on hot standbys: the token a writer hands to the app.
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION entitlements.write_token() RETURNS pg_lsn
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_token_wrapper';
+
+-- ---------------------------------------------------------------------------------------
 -- Least privilege (sql/security.sql): the roles, the writer's policy, and the grants.
 -- ---------------------------------------------------------------------------------------
 DO $roles$
@@ -545,6 +654,7 @@ GRANT USAGE ON SCHEMA entitlements TO entitlements_app, entitlements_webhook, en
 GRANT EXECUTE ON FUNCTION
     entitlements.entitlement_check(uuid, text),
     entitlements.entitlement_check_all(uuid),
+    entitlements.entitlement_check_many(uuid, text[]),
     entitlements.has_entitlement(uuid, text),
     entitlements.upgrade_options(uuid),
     entitlements.current_user_id(),
@@ -552,7 +662,8 @@ GRANT EXECUTE ON FUNCTION
     entitlements.decide_all(uuid),
     entitlements.past_due_grace(),
     entitlements.cache_enabled(),
-    entitlements.flush_audit()
+    entitlements.flush_audit(),
+    entitlements.write_token()
   TO entitlements_app;
 -- Reading is filtered by RLS to the workspaces the asserted identity is a member of.
 GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspaces,

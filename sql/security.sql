@@ -104,6 +104,7 @@ GRANT USAGE ON SCHEMA entitlements TO entitlements_app, entitlements_webhook, en
 GRANT EXECUTE ON FUNCTION
     entitlements.entitlement_check(uuid, text),
     entitlements.entitlement_check_all(uuid),
+    entitlements.entitlement_check_many(uuid, text[]),
     entitlements.has_entitlement(uuid, text),
     entitlements.upgrade_options(uuid),
     entitlements.current_user_id(),
@@ -111,7 +112,8 @@ GRANT EXECUTE ON FUNCTION
     entitlements.decide_all(uuid),
     entitlements.past_due_grace(),
     entitlements.cache_enabled(),
-    entitlements.flush_audit()
+    entitlements.flush_audit(),
+    entitlements.write_token()
   TO entitlements_app;
 -- Reading is filtered by RLS to the workspaces the asserted identity is a member of.
 GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspaces,

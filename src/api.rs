@@ -78,7 +78,7 @@ fn computed(inputs: FeatureInputs, decision: Decision, now: i64, reader: Option<
 pub fn check_one(workspace_id: Uuid, feature: &str) -> Option<Checked> {
     let now = now();
     let grace = gucs::past_due_grace_micros();
-    let reader = cache::reader(now, grace);
+    let reader = cache::reader(now, grace, workspace_id.as_bytes());
     if let Some(r) = &reader {
         if let Some(e) = r.get(&cache_key(&workspace_id, feature)) {
             return Some(from_cache(feature, &e, now, r));
@@ -94,7 +94,7 @@ pub fn check_one(workspace_id: Uuid, feature: &str) -> Option<Checked> {
 pub fn check_all(workspace_id: Uuid) -> Vec<Checked> {
     let now = now();
     let grace = gucs::past_due_grace_micros();
-    let reader = cache::reader(now, grace);
+    let reader = cache::reader(now, grace, workspace_id.as_bytes());
     if let Some(r) = &reader {
         if let Some(names) = catalog::feature_names_cached(r) {
             let hits: Option<Vec<Checked>> = names
@@ -206,6 +206,7 @@ fn entitlement_check(
     feature: Option<&str>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> CheckResultRow {
+    crate::replica::await_min_lsn();
     let workspace_id = require(workspace_id, "workspace_id");
     let feature = require(feature, "feature");
     identity::authorize(workspace_id);
@@ -232,6 +233,7 @@ fn entitlement_check_all(
     workspace_id: Option<Uuid>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> SetOfIterator<'static, CheckResultRow> {
+    crate::replica::await_min_lsn();
     let workspace_id = require(workspace_id, "workspace_id");
     identity::authorize(workspace_id);
     // SAFETY: fcinfo is this call's; the descriptor is copied into this (first) call's
@@ -245,12 +247,43 @@ fn entitlement_check_all(
     }))
 }
 
+/// The check for several features at once: one row per feature, in the order given (a
+/// feature given twice is answered twice), each audited as it is returned. Every feature is
+/// decided before the first row goes out, so an unknown one fails the call (22023) before
+/// the caller has seen, or the audit recorded, any row.
+#[pg_extern(volatile, parallel_restricted)]
+fn entitlement_check_many(
+    workspace_id: Option<Uuid>,
+    features: Option<Vec<Option<String>>>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> SetOfIterator<'static, CheckResultRow> {
+    crate::replica::await_min_lsn();
+    let workspace_id = require(workspace_id, "workspace_id");
+    let features = require(features, "features");
+    identity::authorize(workspace_id);
+    let checked: Vec<Checked> = features
+        .iter()
+        .map(|f| {
+            let feature = require(f.as_deref(), "feature");
+            check_one(workspace_id, feature).unwrap_or_else(|| errors::unknown_feature(feature))
+        })
+        .collect();
+    // SAFETY: as in entitlement_check_all.
+    let tupdesc = unsafe { pg_sys::CreateTupleDescCopy(result_tupdesc(fcinfo)) };
+    SetOfIterator::new(checked.into_iter().map(move |checked| {
+        audit::record(&audited(workspace_id, &checked));
+        // SAFETY: tupdesc is check_result's, from this function's declared result type.
+        CheckResultRow(unsafe { check_result_datum(tupdesc, &checked) })
+    }))
+}
+
 /// The predicate for RLS policies: the same decision, no audit. NULL input, an unknown feature
 /// or a workspace the caller is not a member of all answer false (a policy filters rows; it
 /// should not fail the query). A non-privileged caller without any identity still gets 28000:
 /// that is a misconfigured connection, and silence would hide it.
 #[pg_extern(stable, parallel_restricted)]
 fn has_entitlement(workspace_id: Option<Uuid>, feature: Option<&str>) -> bool {
+    crate::replica::await_min_lsn();
     let (Some(workspace_id), Some(feature)) = (workspace_id, feature) else { return false };
     identity::may_ask(workspace_id) && check_one(workspace_id, feature).is_some_and(|c| c.decision.enabled)
 }
@@ -276,6 +309,7 @@ fn decide_all(
         name!(valid_until, Option<TimestampWithTimeZone>),
     ),
 > {
+    crate::replica::await_min_lsn();
     identity::authorize(workspace_id);
     TableIterator::new(decide_all_uncached(workspace_id, now(), gucs::past_due_grace_micros()).into_iter().map(|(inputs, d)| {
         (inputs.feature, d.enabled, inputs.tier, d.reason.map(|r| r.code()), d.valid_until.map(timestamptz))

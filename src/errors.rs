@@ -93,6 +93,22 @@ pub fn no_webhook_secret() -> ! {
     )
 }
 
+/// 55000: a check on a hot standby whose replay did not reach pg_entitlements.min_lsn within
+/// pg_entitlements.replica_wait_timeout (its answer would not include the writes the token
+/// stands for).
+pub fn replica_behind(min_lsn: u64, replayed: u64, timeout_ms: i32) -> ! {
+    let lsn = |l: u64| format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff);
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!(
+            "pg_entitlements: this standby has replayed up to {}, not yet to pg_entitlements.min_lsn {} (waited {timeout_ms} ms)",
+            lsn(replayed),
+            lsn(min_lsn)
+        ),
+        Some("Retry later or ask the primary; pg_entitlements.replica_wait_timeout sets the wait."),
+    )
+}
+
 /// 22023: an argument with a value no call can use (an empty customer id).
 pub fn invalid_argument(name: &str, why: &str) -> ! {
     raise(

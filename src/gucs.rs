@@ -80,6 +80,45 @@ pub static USER_AGENT: GucSetting<Option<CString>> = GucSetting::<Option<CString
 /// value that reaches the audit writer can fail its INSERT.
 pub static CLIENT_IP: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// On a hot standby, checks first wait until replay has passed this WAL position (a token
+/// from `entitlements.write_token()` on the primary); empty: no wait.
+pub static MIN_LSN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// How long a check on a standby waits for `min_lsn`, in milliseconds, before it fails with
+/// 55000.
+pub static REPLICA_WAIT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+fn proposed(newval: *const std::ffi::c_char) -> Option<&'static str> {
+    // SAFETY: PostgreSQL passes the proposed value, a C string or NULL, that outlives the hook.
+    unsafe { newval.as_ref().map(|p| std::ffi::CStr::from_ptr(p)) }.map(|v| v.to_str().unwrap_or("?"))
+}
+
+/// The check hook of `pg_entitlements.min_lsn`: empty, or what `pg_lsn` accepts.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_min_lsn(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pgrx::pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to the proposed value.
+    let valid = proposed(unsafe { *newval }).is_none_or(|v| v.is_empty() || crate::replica::parse_lsn(v).is_some());
+    if !valid {
+        // SAFETY: the GUC machinery reads this palloc'd message right after we return.
+        unsafe {
+            pgrx::pg_sys::GUC_check_errdetail_string = pgrx::pg_sys::pstrdup(
+                c"pg_entitlements.min_lsn must be a pg_lsn value such as the one entitlements.write_token() returns (e.g. 16/B374D848).".as_ptr(),
+            );
+        }
+    }
+    valid
+}
+
+/// The assign hook of `pg_entitlements.min_lsn`: keep the parsed position for the checks.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn assign_min_lsn(newval: *const std::ffi::c_char, _extra: *mut std::ffi::c_void) {
+    crate::replica::set_min_lsn(proposed(newval).and_then(crate::replica::parse_lsn).unwrap_or(0));
+}
+
 /// The check hook of `pg_entitlements.client_ip`: what `inet` accepts, nothing else (and no
 /// longer than an audit record holds).
 #[pgrx::pg_guard]
@@ -206,9 +245,37 @@ fn define_the_rest() {
         GucContext::Sighup,
         GucFlags::UNIT_BYTE,
     );
+    define_replica_gucs();
     define_audit_gucs();
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_entitlements".as_ptr()) };
+}
+
+fn define_replica_gucs() {
+    // SAFETY: a static setting and hooks that are valid #[pg_guard] functions.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"pg_entitlements.min_lsn",
+            c"On a hot standby, checks wait until replay has passed this WAL position.",
+            c"Set it (SET LOCAL) to the token entitlements.write_token() returned on the primary after a write; a primary satisfies it at once.",
+            &MIN_LSN,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_min_lsn),
+            Some(assign_min_lsn),
+            None,
+        );
+    }
+    GucRegistry::define_int_guc(
+        c"pg_entitlements.replica_wait_timeout",
+        c"How long a check on a standby waits for replay to reach pg_entitlements.min_lsn.",
+        c"Past it the check fails with SQLSTATE 55000; the app retries or asks the primary.",
+        &REPLICA_WAIT_TIMEOUT,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
 }
 
 fn define_audit_gucs() {

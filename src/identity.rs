@@ -128,35 +128,31 @@ pub fn may_ask(workspace_id: pgrx::Uuid) -> bool {
 }
 
 thread_local! {
-    /// Membership answers of this backend, valid for one cache epoch (a change to
-    /// workspace_members bumps it, like any decision input).
-    static MEMBERSHIP: RefCell<(u64, HashMap<(String, [u8; 16]), bool>)> = RefCell::new((0, HashMap::new()));
+    /// Membership answers of this backend, each with the version of its workspace it was
+    /// read in (a change to workspace_members moves that version, like any decision input).
+    static MEMBERSHIP: RefCell<HashMap<(String, [u8; 16]), (u64, bool)>> = RefCell::new(HashMap::new());
 }
 
 /// Bound on the memo; past it, it starts over.
 const MEMO_MAX: usize = 10_000;
 
 fn is_member(workspace_id: pgrx::Uuid, user: String) -> bool {
-    let Some((_, epoch)) = cache::current_epoch() else {
+    let Some(version) = cache::workspace_version(workspace_id.as_bytes()) else {
         return cache::read_decision_inputs(|s| catalog::is_member(workspace_id, &user, s));
     };
     let key = (user, *workspace_id.as_bytes());
-    let known = MEMBERSHIP.with(|m| {
-        let m = m.borrow();
-        if m.0 == epoch { m.1.get(&key).copied() } else { None }
-    });
+    let known = MEMBERSHIP.with(|m| m.borrow().get(&key).filter(|(v, _)| *v == version).map(|(_, member)| *member));
     if let Some(known) = known {
         return known;
     }
-    // Read under a snapshot taken after the epoch (see cache/mod.rs), remember for the epoch.
+    // Read under a snapshot taken after the version (see cache/mod.rs), remember with it.
     let member = cache::read_decision_inputs(|s| catalog::is_member(workspace_id, &key.0, s));
     MEMBERSHIP.with(|m| {
         let mut m = m.borrow_mut();
-        if m.0 != epoch || m.1.len() >= MEMO_MAX {
-            m.0 = epoch;
-            m.1.clear();
+        if m.len() >= MEMO_MAX {
+            m.clear();
         }
-        m.1.insert(key, member);
+        m.insert(key, (version, member));
     });
     member
 }

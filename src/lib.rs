@@ -21,6 +21,7 @@ mod errors;
 mod gucs;
 mod identity;
 mod pgutil;
+mod replica;
 mod spi_read;
 pub mod resolver;
 pub mod stripe;
@@ -39,6 +40,8 @@ extension_sql_file!(
         api::current_user_id,
         api::past_due_grace,
         cache::functions::note_decision_inputs_changed,
+        cache::functions::note_workspace_statement,
+        cache::functions::note_workspaces_changed,
         cache::functions::cache_entries,
         cache::functions::cache_enabled,
         "audit",

@@ -438,3 +438,83 @@ fn removing_a_member_takes_effect_at_once_despite_the_membership_memo() {
     exec(&mut app, "SET pg_entitlements.user_id = 'mallory'");
     assert_eq!(sqlstate(&mut app, &format!("SELECT * FROM entitlements.entitlement_check({ws}, 'ccp-05')")), "42501");
 }
+
+/// The partition and slot hash mixes every byte: 10,000 workspaces whose ids differ only in
+/// their last bytes, one feature each, all fit in the default-size shared cache.
+#[test]
+fn sequential_workspace_ids_fit_in_the_shared_cache_without_evictions() {
+    let pg = Cluster::start("cache-spread");
+    let mut c = pg.connect();
+    let row = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE entitlements.has_entitlement(
+                        lpad(to_hex(i), 32, '0')::uuid, 'ccp-01'))
+               FROM generate_series(1, 10000) AS i",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 10_000, "ccp-01 is a free feature");
+    let row = c.query_one("SELECT entries, evictions FROM entitlements.cache_statistics()", &[]).unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (10_000, 0));
+}
+
+/// Per-workspace invalidation: a committed change to one workspace's billing state, overrides
+/// or members leaves the other workspaces' entries cached; a catalog change, a TRUNCATE and a
+/// statement over more than 1024 workspaces still invalidate everything. (Other workspaces
+/// share the changed one's invalidation bucket with probability 1/16384 each: at most one of
+/// the twenty may lose its entry.)
+#[test]
+fn a_change_to_one_workspace_leaves_the_other_workspaces_cached() {
+    let pg = Cluster::start("cache-per-workspace");
+    let mut admin = pg.connect();
+    let mut a = pg.connect();
+    let changed = new_workspace(&mut admin);
+    let others: Vec<_> = (0..20).map(|_| new_workspace(&mut admin)).collect();
+    for ws in others.iter().chain([&changed]) {
+        exec(&mut admin, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'active')"));
+    }
+    let still_cached = |a: &mut Client| {
+        others.iter().filter(|ws| {
+            let (enabled, _, cached) = check_c(a, ws, "ccp-05");
+            assert!(enabled, "another workspace's answer never changes here");
+            cached
+        }).count()
+    };
+    let per_workspace_changes = [
+        (format!("SELECT entitlements.sync_billing_state({changed}, 'pro', 'canceled')"), false),
+        (format!("UPDATE entitlements.billing_state SET status = 'active' WHERE workspace_id = {changed}"), true),
+        (format!("SELECT entitlements.set_override({changed}, 'ccp-05', false)"), false),
+        (format!("DELETE FROM entitlements.overrides WHERE workspace_id = {changed}"), true),
+        (format!("INSERT INTO entitlements.workspace_members VALUES ({changed}, 'alice')"), true),
+        (format!("DELETE FROM entitlements.billing_state WHERE workspace_id = {changed}"), false),
+    ];
+    for (sql, expect) in per_workspace_changes {
+        for ws in others.iter().chain([&changed]) {
+            warm(&mut a, ws, "ccp-05");
+        }
+        exec(&mut admin, &sql);
+        assert_eq!(check_c(&mut a, &changed, "ccp-05").0, expect, "{sql}: the changed workspace follows");
+        assert!(still_cached(&mut a) >= 19, "{sql}: the other workspaces stay cached");
+    }
+
+    let everything = [
+        "UPDATE entitlements.features SET description = description WHERE feature = 'ccp-05'".to_owned(),
+        "TRUNCATE entitlements.overrides".to_owned(),
+        // 1,100 workspaces in one statement: too many to name one by one.
+        "SELECT count(entitlements.sync_billing_state(gen_random_uuid(), 'free', 'active')) FROM generate_series(1, 1)".to_owned(),
+        "INSERT INTO entitlements.billing_state (workspace_id, tier, status)
+           SELECT gen_random_uuid(), 'free', 'active' FROM generate_series(1, 1100)".to_owned(),
+    ];
+    for (i, sql) in everything.iter().enumerate() {
+        for ws in &others {
+            warm(&mut a, ws, "ccp-05");
+        }
+        exec(&mut admin, sql);
+        let cached = still_cached(&mut a);
+        if i == 2 {
+            assert!(cached >= 19, "one new workspace invalidates only its own bucket");
+        } else {
+            assert_eq!(cached, 0, "{sql}: every entry went");
+        }
+    }
+}

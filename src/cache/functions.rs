@@ -85,6 +85,21 @@ fn note_decision_inputs_changed(relid: pg_sys::Oid) {
     note_change(relid);
 }
 
+/// Called by the BEFORE statement triggers on the per-workspace inputs (billing_state,
+/// overrides, workspace_members) for INSERT, UPDATE and DELETE.
+#[pg_extern(volatile, parallel_unsafe)]
+fn note_workspace_statement(relid: pg_sys::Oid) {
+    super::note_workspace_statement(relid);
+}
+
+/// Called by their AFTER statement triggers with the workspaces of the changed rows (at most
+/// a bound more than the cache invalidates one by one; NULL: too many to list).
+#[pg_extern(volatile, parallel_unsafe)]
+fn note_workspaces_changed(relid: pg_sys::Oid, workspace_ids: Option<Vec<Uuid>>) {
+    let ids: Option<Vec<[u8; 16]>> = workspace_ids.map(|v| v.iter().map(|u| *u.as_bytes()).collect());
+    super::note_workspaces(relid, ids.as_deref());
+}
+
 /// Shared memory the cache takes, in all and per entry (header amortised).
 #[pg_extern(stable, parallel_safe)]
 fn cache_shared_memory() -> TableIterator<'static, (name!(bytes, i64), name!(bytes_per_entry, f64))> {

@@ -1,20 +1,24 @@
 //! The shared-memory decision cache: one table for every backend of the cluster, sized by
 //! `pg_entitlements.cache_size` and loaded with `shared_preload_libraries`.
 //!
-//! Exactness rests on an invalidation epoch in shared memory and one ordering rule:
-//! - A change to a decision input (billing state, overrides, tiers, features) bumps the epoch
-//!   *after* its commit is visible: on the primary the writing backend does it in a commit
-//!   callback, before its client hears COMMIT; on a hot standby the writer's trigger also
-//!   queued a relcache invalidation of the changed table, which travels in the commit
-//!   record's WAL and reaches standby backends after replay; the first to process it bumps.
-//!   A standby backend that joins after such a message cannot know what it missed, so it
-//!   bumps once when it starts using the cache. Every reader processes pending invalidation
-//!   messages before a lookup.
-//! - A reader reads the epoch *before* it takes the snapshot its decision is computed from
-//!   (a fresh one, `GetLatestSnapshot`, not the statement's, which may predate a commit), and
-//!   stores the decision only if the epoch has not moved meanwhile. A decision computed from
-//!   a snapshot taken before a commit therefore either carries an epoch older than that
-//!   commit's bump (stale from then on) or is refused.
+//! Exactness rests on counters in shared memory that only grow, and one ordering rule
+//! (docs/ARCHITECTURE.md has the whole argument):
+//! - An entry carries its workspace's version: the global epoch plus the generation of the
+//!   workspace's bucket. A change bumps a counter *after* its commit is visible: on the
+//!   primary the writing backend does it in a commit callback, before its client hears
+//!   COMMIT (the generations of the workspaces it changed, which the AFTER triggers name from
+//!   the statements' transition tables; the epoch for a catalog change, a TRUNCATE or too
+//!   many workspaces); on a hot standby the writer's trigger also queued a relcache
+//!   invalidation of the changed table, which travels in the commit record's WAL and reaches
+//!   standby backends after replay; the first to process it bumps the epoch. A standby
+//!   backend that joins after such a message cannot know what it missed, so it bumps once
+//!   when it starts using the cache. Every reader processes pending invalidation messages
+//!   before a lookup.
+//! - A reader reads its workspace's version *before* it takes the snapshot its decision is
+//!   computed from (a fresh one, `GetLatestSnapshot`, not the statement's, which may predate
+//!   a commit), and stores the decision with that version, only if it has not moved
+//!   meanwhile. A decision computed from a snapshot taken before a commit therefore carries
+//!   a version older than that commit's bump (stale from then on) or is refused.
 //! - A transaction that changed an input bypasses the cache until it ends: its own
 //!   uncommitted change must decide its checks and must not reach other sessions.
 //! So a check answers from the latest committed state (or its own transaction's changes),
@@ -33,6 +37,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use table::{Entry, Inserted, Key, Slot, Validity};
 
 const PARTITIONS: usize = 16;
+/// Invalidation generations, one per bucket of workspaces (by hash): a committed change to
+/// one workspace's inputs bumps its bucket's generation only. 128 KiB of counters; with
+/// fewer workspaces than buckets, a change invalidates about one workspace.
+const GENERATIONS: usize = 16_384;
+/// A transaction that changed more workspaces than this invalidates everything instead.
+const MAX_CHANGED_BUCKETS: usize = 1024;
 const SEGMENT: &CStr = c"pg_entitlements cache";
 const TRANCHE: &CStr = c"pg_entitlements cache";
 
@@ -46,6 +56,7 @@ pub struct Shared {
     evictions: AtomicU64,
     capacity: usize,
     locks: *mut pg_sys::LWLockPadded,
+    generations: [AtomicU64; GENERATIONS],
 }
 
 // Process-local pointers into shared memory, set by the startup hook in the postmaster and
@@ -65,6 +76,26 @@ thread_local! {
     static PREVIOUS: Cell<Option<[pg_sys::Oid; 5]>> = const { Cell::new(None) };
     /// How many times this backend has looked the tables up.
     static PREVIOUS_LOOKUPS: Cell<u32> = const { Cell::new(0) };
+    /// What this transaction's commit invalidates: everything, or these buckets' workspaces.
+    static CHANGED: std::cell::RefCell<Changed> = const { std::cell::RefCell::new(Changed::none()) };
+}
+
+/// The changes of the current transaction, as the commit callback invalidates them.
+struct Changed {
+    /// A catalog change, a TRUNCATE, or too many workspaces: invalidate everything.
+    everything: bool,
+    /// Statements on a per-workspace input table whose AFTER trigger (which names the
+    /// workspaces) has not run yet. Not zero at commit (a statement whose workspaces were
+    /// never named): invalidate everything.
+    unnamed_statements: i64,
+    /// Generation buckets of the workspaces named so far (sorted, distinct).
+    buckets: Vec<u32>,
+}
+
+impl Changed {
+    const fn none() -> Changed {
+        Changed { everything: false, unnamed_statements: 0, buckets: Vec::new() }
+    }
 }
 
 fn capacity_for(size: i32) -> usize {
@@ -155,6 +186,17 @@ pub fn enabled() -> bool {
     shared().is_some()
 }
 
+fn bucket_of(database: u32, workspace: &[u8; 16]) -> usize {
+    table::generation_bucket(database, workspace, GENERATIONS)
+}
+
+/// The version an entry of a workspace in `bucket` must carry to be live: the global epoch
+/// plus the bucket's generation. Both only grow, so the sum equals an earlier reading only
+/// if neither moved (docs/ARCHITECTURE.md has the argument).
+fn version(shared: &Shared, bucket: usize) -> u64 {
+    shared.epoch.load(Ordering::SeqCst).wrapping_add(shared.generations[bucket].load(Ordering::SeqCst))
+}
+
 /// Every entry stored so far is stale.
 fn invalidate_all() {
     if let Some(s) = shared() {
@@ -243,10 +285,10 @@ fn ensure_watched() -> bool {
     true
 }
 
-/// The writer's side: a statement is about to change an input table in this transaction.
-pub fn note_change(relid: pg_sys::Oid) {
-    // The relcache message carries the change to standby backends (it is WAL-logged with the
-    // commit and discarded on rollback).
+/// The writer's side, common to every change: mark the transaction changed (it bypasses the
+/// cache until it ends) and queue the relcache message that carries the change to standby
+/// backends (WAL-logged with the commit, discarded on rollback).
+fn mark_changed(relid: pg_sys::Oid) {
     // SAFETY: queues an invalidation message in the current transaction.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
     if DIRTY.with(Cell::get) {
@@ -255,10 +297,68 @@ pub fn note_change(relid: pg_sys::Oid) {
     DIRTY.with(|d| d.set(true));
     register_xact_callback(PgXactCallbackEvent::Commit, || {
         DIRTY.with(|d| d.set(false));
-        invalidate_all();
+        let changed = CHANGED.with(|c| c.replace(Changed::none()));
+        if changed.everything || changed.unnamed_statements != 0 {
+            invalidate_all();
+        } else {
+            invalidate_buckets(&changed.buckets);
+        }
     });
-    register_xact_callback(PgXactCallbackEvent::Abort, || DIRTY.with(|d| d.set(false)));
+    register_xact_callback(PgXactCallbackEvent::Abort, || {
+        DIRTY.with(|d| d.set(false));
+        CHANGED.with(|c| *c.borrow_mut() = Changed::none());
+    });
     register_xact_callback(PgXactCallbackEvent::PrePrepare, || errors::prepare_after_change());
+}
+
+/// A statement is about to change an input of every workspace (the catalog), or rows it
+/// will not name (TRUNCATE): its commit invalidates everything.
+pub fn note_change(relid: pg_sys::Oid) {
+    mark_changed(relid);
+    CHANGED.with(|c| c.borrow_mut().everything = true);
+}
+
+/// A statement is about to change rows of a per-workspace input (billing_state, overrides,
+/// workspace_members); its AFTER trigger will name the workspaces.
+pub fn note_workspace_statement(relid: pg_sys::Oid) {
+    mark_changed(relid);
+    CHANGED.with(|c| c.borrow_mut().unnamed_statements += 1);
+}
+
+/// The AFTER trigger of such a statement: the workspaces of the rows it changed (old and new
+/// rows), or `None` when there were too many to list.
+pub fn note_workspaces(relid: pg_sys::Oid, workspaces: Option<&[[u8; 16]]>) {
+    mark_changed(relid);
+    let db = database();
+    CHANGED.with(|c| {
+        let mut c = c.borrow_mut();
+        c.unnamed_statements -= 1;
+        let Some(workspaces) = workspaces.filter(|w| w.len() <= MAX_CHANGED_BUCKETS) else {
+            c.everything = true;
+            return;
+        };
+        if c.everything {
+            return;
+        }
+        c.buckets.extend(workspaces.iter().map(|w| bucket_of(db, w) as u32));
+        c.buckets.sort_unstable();
+        c.buckets.dedup();
+        if c.buckets.len() > MAX_CHANGED_BUCKETS {
+            c.everything = true;
+            c.buckets = Vec::new();
+        }
+    });
+}
+
+/// Entries of these buckets' workspaces are stale (the commit callback, after the commit is
+/// visible).
+fn invalidate_buckets(buckets: &[u32]) {
+    if let Some(s) = shared() {
+        for &b in buckets {
+            s.generations[b as usize].fetch_add(1, Ordering::SeqCst);
+        }
+        s.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A reader's view of the cache for one check, or `None` when the cache must be bypassed
@@ -267,20 +367,35 @@ pub fn note_change(relid: pg_sys::Oid) {
 /// SPI runs under the transaction snapshot).
 pub struct Reader {
     shared: &'static Shared,
+    /// `validity.epoch` is the version of this reader's workspace, read before its snapshot.
     validity: Validity,
     ttl_micros: i64,
+    /// The global epoch alone (per-backend memos of the catalog follow it).
+    epoch: u64,
+    bucket: usize,
 }
 
-pub fn reader(now: i64, grace: i64) -> Option<Reader> {
+/// A reader for checks of one workspace.
+pub fn reader(now: i64, grace: i64, workspace: &[u8; 16]) -> Option<Reader> {
     if gucs::CACHE_TTL.get() <= 0 {
         return None;
     }
     let (shared, epoch) = current_epoch()?;
+    let bucket = bucket_of(database(), workspace);
     Some(Reader {
         shared,
-        validity: Validity { epoch, grace, now },
+        validity: Validity { epoch: version(shared, bucket), grace, now },
         ttl_micros: i64::from(gucs::CACHE_TTL.get()) * 1_000_000,
+        epoch,
+        bucket,
     })
+}
+
+/// The version a per-backend memo about `workspace` (membership) may rely on now, or `None`
+/// when this check must bypass the cache.
+pub fn workspace_version(workspace: &[u8; 16]) -> Option<u64> {
+    let (shared, _) = current_epoch()?;
+    Some(version(shared, bucket_of(database(), workspace)))
 }
 
 /// The epoch a reader may rely on now (pending invalidations processed first), or `None`
@@ -363,14 +478,18 @@ impl Reader {
         let expires_at = now.saturating_add(self.ttl_micros).min(valid_until.unwrap_or(i64::MAX));
         let entry = Entry::new(enabled, reason, tier, now, expires_at)?;
         let p = key_partition(key);
+        debug_assert_eq!(bucket_of(key.database, &key.workspace), self.bucket);
         let _lock = Locked::new(self.shared, p, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        // An invalidation since this reader read the epoch: the decision may be stale.
-        if self.shared.epoch.load(Ordering::SeqCst) != self.validity.epoch {
+        // An invalidation of this workspace (or of everything) since this reader read its
+        // version: the decision may be stale.
+        if version(self.shared, self.bucket) != self.validity.epoch {
             return None;
         }
         // SAFETY: exclusive lock held: no other reference into this partition exists.
         let slots = unsafe { &mut *partition_slots(self.shared, p) };
-        match table::insert(slots, key, &entry, &self.validity) {
+        let shared = self.shared;
+        let current = |s: &Slot| version(shared, bucket_of(s.database, &s.workspace));
+        match table::insert_with(slots, key, &entry, &self.validity, current) {
             Inserted::Skipped => None,
             Inserted::Stored => Some(ttl_seconds(expires_at, now)),
             Inserted::Evicted => {
@@ -390,20 +509,31 @@ pub fn ttl_seconds(expires_at: i64, now: i64) -> i32 {
 /// Remove the entries matching `which` in the partitions given; how many live ones went.
 fn remove(partitions: impl Iterator<Item = usize>, which: impl Fn(&Slot) -> bool) -> i64 {
     let Some(shared) = shared() else { return 0 };
-    let v = Validity { epoch: shared.epoch.load(Ordering::SeqCst), grace: gucs::past_due_grace_micros(), now: crate::pgutil::now() };
+    let v = now_validity();
     let mut removed = 0;
     for p in partitions {
         let _lock = Locked::new(shared, p, pg_sys::LWLockMode::LW_EXCLUSIVE);
         // SAFETY: exclusive lock held.
         for s in unsafe { &mut *partition_slots(shared, p) }.iter_mut() {
             if !s.is_empty() && which(s) {
-                removed += i64::from(s.is_live(&v));
+                removed += i64::from(is_live(shared, s, &v));
                 s.clear();
             }
         }
     }
     shared.invalidations.fetch_add(1, Ordering::Relaxed);
     removed
+}
+
+/// Whether a slot would be served now (for listings and counts): `v` is the grace and the
+/// time, its version is the slot's own workspace's.
+fn is_live(shared: &Shared, s: &Slot, v: &Validity) -> bool {
+    s.is_live(&Validity { epoch: version(shared, bucket_of(s.database, &s.workspace)), ..*v })
+}
+
+/// The grace and the time of a listing or count (the epoch is per slot: see `is_live`).
+fn now_validity() -> Validity {
+    Validity { epoch: 0, grace: gucs::past_due_grace_micros(), now: crate::pgutil::now() }
 }
 
 pub fn invalidate_workspace(workspace: [u8; 16]) -> i64 {
@@ -426,13 +556,13 @@ pub struct Listed {
 pub fn list() -> Vec<Listed> {
     let Some(shared) = shared() else { return Vec::new() };
     let db = database();
-    let v = Validity { epoch: shared.epoch.load(Ordering::SeqCst), grace: gucs::past_due_grace_micros(), now: crate::pgutil::now() };
+    let v = now_validity();
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
         let _lock = Locked::new(shared, p, pg_sys::LWLockMode::LW_SHARED);
         // SAFETY: shared lock held.
         for s in unsafe { &*partition_slots(shared, p) }.iter() {
-            if s.is_live(&v) && s.database == db {
+            if s.database == db && is_live(shared, s, &v) {
                 out.push(Listed { workspace: s.workspace, feature: s.feature().to_owned(), entry: s.entry() });
             }
         }
@@ -454,12 +584,12 @@ pub fn statistics() -> Statistics {
     let Some(shared) = shared() else {
         return Statistics { enabled: false, entries: 0, capacity: 0, hits: 0, misses: 0, invalidations: 0, evictions: 0 };
     };
-    let v = Validity { epoch: shared.epoch.load(Ordering::SeqCst), grace: gucs::past_due_grace_micros(), now: crate::pgutil::now() };
+    let v = now_validity();
     let mut entries = 0i64;
     for p in 0..PARTITIONS {
         let _lock = Locked::new(shared, p, pg_sys::LWLockMode::LW_SHARED);
         // SAFETY: shared lock held.
-        entries += unsafe { &*partition_slots(shared, p) }.iter().filter(|s| s.is_live(&v)).count() as i64;
+        entries += unsafe { &*partition_slots(shared, p) }.iter().filter(|s| is_live(shared, s, &v)).count() as i64;
     }
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
     Statistics {
@@ -474,7 +604,8 @@ pub fn statistics() -> Statistics {
 }
 
 impl Reader {
+    /// The global epoch this reader read (catalog changes move it).
     pub fn epoch(&self) -> u64 {
-        self.validity.epoch
+        self.epoch
     }
 }
