@@ -15,8 +15,7 @@ DIR=$PWD/.run/demo
 echo "[demo] building and installing pg_entitlements"
 cargo pgrx install --pg-config "$PG_BIN/pg_config" >/dev/null
 echo "[demo] starting PostgreSQL 15 on 127.0.0.1:$PORT (data in .run/demo)"
-# The audit writer serves one database, named here (docs/AUDIT.md).
-bash scripts/cluster.sh start "$DIR" "$PORT" "pg_entitlements.audit_database = 'demo'"
+bash scripts/cluster.sh start "$DIR" "$PORT"
 URL="postgresql://postgres@127.0.0.1:$PORT/demo"
 "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE demo"
 "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 "$URL" -f scripts/demo.sql
