@@ -160,6 +160,24 @@ CREATE  FUNCTION entitlements."audit_can_store_here"() RETURNS bool /* bool */
 STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'audit_can_store_here_wrapper';
+-- The counters gain the drops by cause (columns at the end): a function's result type
+-- cannot change in place. The grants below (pg_monitor) apply to the new one.
+DROP FUNCTION entitlements.audit_statistics();
+CREATE  FUNCTION entitlements."audit_statistics"() RETURNS TABLE (
+	"queued" bigint,  /* i64 */
+	"written" bigint,  /* i64 */
+	"dropped" bigint,  /* i64 */
+	"pending" bigint,  /* i64 */
+	"last_flush_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"writer_running" bool,  /* bool */
+	"dropped_queue_full" bigint,  /* i64 */
+	"dropped_no_writer" bigint,  /* i64 */
+	"dropped_standby" bigint,  /* i64 */
+	"dropped_refused" bigint  /* i64 */
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'audit_statistics_wrapper';
 
 -- ---------------------------------------------------------------------------------------
 -- Stripe: no secrets in pg_statistic; customer locks on rows only the extension writes; the

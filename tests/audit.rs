@@ -31,6 +31,18 @@ fn stats(c: &mut Client) -> (i64, i64, i64, i64, bool) {
     (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
 }
 
+/// (dropped_queue_full, dropped_no_writer, dropped_standby, dropped_refused)
+fn drops_by_cause(c: &mut Client) -> (i64, i64, i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT dropped_queue_full, dropped_no_writer, dropped_standby, dropped_refused
+               FROM entitlements.audit_statistics()",
+            &[],
+        )
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
 /// The workspace's rows once everything queued so far is written.
 fn flushed_rows(c: &mut Client, ws: &uuid_string::Ws) -> i64 {
     flush(c);
@@ -181,6 +193,13 @@ fn a_full_queue_drops_and_counts_but_answers_every_check() {
     assert_eq!(queued + dropped, n, "each check is either queued or counted as dropped");
     assert_eq!((written, pending), (queued, 0));
     assert_eq!(rows_for(&mut c, &ws), written);
+    assert_eq!(drops_by_cause(&mut c), (dropped, 0, 0, 0), "all for a full queue");
+    // The server log says so, with the count and the cause (at most once a minute).
+    let log = pg.log();
+    let reports: Vec<&str> = log.lines().filter(|l| l.contains("audit records dropped since the last report")).collect();
+    assert!(!reports.is_empty(), "no report of the drops:\n{log}");
+    assert!((reports.len() as i64) < dropped / 100, "a report per minute, not per drop:\n{log}");
+    assert!(reports[0].contains("because the queue was full"), "{}", reports[0]);
 }
 
 fn kill9(pid: i32) {
@@ -342,6 +361,7 @@ fn without_preload_checks_work_and_records_are_counted_as_dropped() {
     assert_eq!(check(&mut c, &ws, "ccp-05").0, false);
     assert_eq!(flush(&mut c), 0, "nothing to wait for");
     assert_eq!(stats(&mut c), (0, 0, 2, 0, false));
+    assert_eq!(drops_by_cause(&mut c), (0, 2, 0, 0), "no writer without preload");
     assert_eq!(rows_for(&mut c, &ws), 0);
 }
 
@@ -504,6 +524,8 @@ fn more_databases_than_audit_max_databases_drop_and_count_and_warn() {
     assert_eq!(check(&mut third, &ws_third, "ccp-01"), (true, None));
     assert_eq!(flushed_rows(&mut third, &ws_third), 0);
     assert_eq!(stats(&mut third).2, 1);
+    assert_eq!(drops_by_cause(&mut third), (0, 1, 0, 0));
+    assert!(pg.log().contains("1 because no writer serves their database"), "{}", pg.log());
 }
 
 /// The DBA queries of docs/AUDIT.md, run as written (`:'ws'` is the psql variable).
@@ -708,6 +730,7 @@ fn on_a_hot_standby_checks_work_and_records_are_counted_as_dropped() {
     assert_eq!(check(&mut s, &ws, "ccp-13").0, false);
     assert_eq!(flush(&mut s), 0, "nothing is queued on a standby");
     assert_eq!(stats(&mut s), (0, 0, 2, 0, false), "counted as dropped; no writer during recovery");
+    assert_eq!(drops_by_cause(&mut s), (0, 0, 2, 0));
     assert_eq!(flushed_rows(&mut primary, &ws), 0);
 }
 
@@ -727,6 +750,7 @@ fn a_batch_that_always_fails_is_given_up_after_retries() {
     flush(&mut c);
     let (_, written, dropped, pending, _) = stats(&mut c);
     assert_eq!((written, dropped, pending), (0, 1, 0));
+    assert_eq!(drops_by_cause(&mut c), (0, 0, 0, 1));
     check(&mut c, &ws, "ccp-02");
     assert_eq!(flushed_rows(&mut c, &ws), 1);
     assert!(pg.log().contains("whose INSERT failed 3 times"));

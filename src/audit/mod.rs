@@ -333,8 +333,9 @@ fn audit_can_store_here() -> bool {
     queue::can_serve(unsafe { pg_sys::MyDatabaseId }.to_u32())
 }
 
-/// The audit's counters (since server start; a crash restart resets them). Without
-/// shared_preload_libraries only `dropped` counts, for this session.
+/// The audit's counters (since server start; a crash restart resets them), with the drops
+/// by cause. Without shared_preload_libraries only `dropped` (and `dropped_no_writer`)
+/// counts, for this session.
 #[pg_extern(volatile, parallel_safe)]
 fn audit_statistics() -> TableIterator<
     'static,
@@ -345,6 +346,10 @@ fn audit_statistics() -> TableIterator<
         name!(pending, i64),
         name!(last_flush_at, Option<TimestampWithTimeZone>),
         name!(writer_running, bool),
+        name!(dropped_queue_full, i64),
+        name!(dropped_no_writer, i64),
+        name!(dropped_standby, i64),
+        name!(dropped_refused, i64),
     ),
 > {
     let s = queue::statistics();
@@ -356,5 +361,9 @@ fn audit_statistics() -> TableIterator<
         as_i64(s.pending),
         s.last_flush_at.and_then(|t| TimestampWithTimeZone::try_from(t).ok()),
         s.writer_running,
+        as_i64(s.dropped(queue::Cause::QueueFull)),
+        as_i64(s.dropped(queue::Cause::NoWriter)),
+        as_i64(s.dropped(queue::Cause::Standby)),
+        as_i64(s.dropped(queue::Cause::Refused)),
     ))
 }

@@ -226,6 +226,18 @@ pub fn count_dropped(cause: Cause, n: u64) {
         return;
     };
     h.dropped[cause as usize].fetch_add(n, Ordering::Relaxed);
+    report_drops();
+}
+
+/// Write the drops not yet reported to the server log, unless a report was written less
+/// than a minute ago (the writers call it on every tick, so drops are reported within about
+/// a minute even when they stop).
+pub fn report_drops() {
+    let Some(h) = header() else { return };
+    let unreported = (0..CAUSES).any(|i| h.dropped[i].load(Ordering::Relaxed) > h.reported[i].load(Ordering::Relaxed));
+    if !unreported {
+        return;
+    }
     let now = now();
     let last = h.reported_at.load(Ordering::Relaxed);
     if now - last < 60_000_000

@@ -149,6 +149,7 @@ pub extern "C-unwind" fn pg_entitlements_audit_writer(arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let drained = drain(slot, db, &mut batch);
+        queue::report_drops();
         if drained.stored_any {
             last_record = std::time::Instant::now();
         }
