@@ -503,6 +503,8 @@ fn more_databases_than_audit_max_databases_drop_and_count_and_warn() {
     let mut admin = pg.connect_db("postgres");
     let mut app = pg.connect();
     let mut second = database_with_extension(&pg, &mut admin, "second");
+    exec(&mut admin, "CREATE DATABASE third");
+    let (mut third, warnings) = connect_collecting_warnings(&pg, "third");
     let ws_app = new_workspace(&mut app);
     let ws_second = new_workspace(&mut second);
     check(&mut app, &ws_app, "ccp-01");
@@ -510,9 +512,8 @@ fn more_databases_than_audit_max_databases_drop_and_count_and_warn() {
     assert_eq!(flushed_rows(&mut app, &ws_app), 1);
     assert_eq!(flushed_rows(&mut second, &ws_second), 1);
 
-    // Both writer slots are taken: CREATE EXTENSION in a third database says so ...
-    exec(&mut admin, "CREATE DATABASE third");
-    let (mut third, warnings) = connect_collecting_warnings(&pg, "third");
+    // Both writer slots are taken (a writer leaves after 10 s without records, so the next
+    // steps follow at once): CREATE EXTENSION in a third database says so ...
     exec(&mut third, "CREATE EXTENSION pg_entitlements");
     let warned = warnings.lock().unwrap().clone();
     assert!(

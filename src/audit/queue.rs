@@ -39,7 +39,13 @@ pub enum Cause {
 }
 
 const CAUSES: usize = 4;
-const CAUSE_NAMES: [&str; CAUSES] = ["the queue was full", "no writer serves their database", "checked on a standby", "refused by the table"];
+/// How the server log names each cause, in `Cause` order.
+const CAUSE_NAMES: [&str; CAUSES] = [
+    "the queue was full",
+    "no writer serves their database",
+    "checked on a standby",
+    "refused by the table",
+];
 
 /// A writer slot's life: FREE, then STARTING (claimed by the first check of a database, its
 /// worker registered; also while the postmaster restarts a terminated writer), RUNNING (the
@@ -386,8 +392,9 @@ pub fn attach(slot: usize, generation: u32, db: u32, latch: *mut pg_sys::Latch, 
     }
     let s = &h.slots[slot];
     locked(h, || {
+        // The worker's argument carries the generation's low 24 bits.
         let ours = s.state.load(Ordering::Relaxed) == STARTING
-            && s.generation.load(Ordering::Relaxed) == generation
+            && s.generation.load(Ordering::Relaxed) & 0xff_ffff == generation
             && s.database_oid.load(Ordering::Relaxed) == db;
         if ours {
             s.latch.store(latch, Ordering::Release);
