@@ -26,7 +26,7 @@ if [ "${SKIP_INSTALL:-}" != 1 ]; then
     bash scripts/install.sh --release >/dev/null
 fi
 trap 'bash scripts/cluster.sh stop "$DIR"' EXIT
-bash scripts/cluster.sh start "$DIR" "$PORT" "pg_entitlements.audit_database = 'app'" \
+bash scripts/cluster.sh start "$DIR" "$PORT" \
     "max_connections = 50" "shared_buffers = 128MB"
 psql() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
 psql -d postgres -c "CREATE DATABASE app"

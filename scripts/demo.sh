@@ -42,8 +42,7 @@ if [ -f "$DIR/data/PG_VERSION" ]; then
     URL="postgresql://postgres@127.0.0.1:$PORT/demo"
 else
     echo "[demo] creating the demo cluster: PostgreSQL 15 on 127.0.0.1:$PORT (data in .run/demo)"
-    # The audit writer serves one database, named here (docs/AUDIT.md).
-    bash scripts/cluster.sh start "$DIR" "$PORT" "pg_entitlements.audit_database = 'demo'"
+    bash scripts/cluster.sh start "$DIR" "$PORT"
     URL="postgresql://postgres@127.0.0.1:$PORT/demo"
     "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE demo"
     "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 "$URL" -f scripts/demo.sql

@@ -60,3 +60,15 @@ SELECT workspace_id,
   FROM entitlements.entitlement_checks
  WHERE NOT result AND checked_at >= now() - interval '30 days'
  GROUP BY workspace_id, reason;
+
+-- Every database's records are stored in that database, by a writer of its own; the number
+-- of writers is bounded (pg_entitlements.audit_max_databases). Say so now when this
+-- database gets none, rather than let its records be dropped unnoticed.
+DO $$
+BEGIN
+    IF NOT entitlements.audit_can_store_here() THEN
+        RAISE WARNING 'pg_entitlements: the audit records of this database will be dropped: every audit writer serves another database'
+            USING HINT = 'Raise pg_entitlements.audit_max_databases in postgresql.conf (and max_worker_processes) and restart the server.';
+    END IF;
+END
+$$;

@@ -67,10 +67,13 @@ pub static AUDIT: GucSetting<AuditMode> = GucSetting::<AuditMode>::new(AuditMode
 /// of checks at full speed on a 2-core machine), fixed at server start.
 pub static AUDIT_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32768);
 
-/// The database whose `entitlements.entitlement_checks` the audit writer fills: one
-/// background worker connects to one database (docs/AUDIT.md).
+/// How many databases the audit can serve at once: one writer (a background worker) each.
+pub static AUDIT_MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(8);
+
+/// No longer used (every database's records are stored in that database); still defined so
+/// that a postgresql.conf that sets it keeps starting (the prefix is reserved).
 pub static AUDIT_DATABASE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+    GucSetting::<Option<CString>>::new(None);
 
 /// What the application says its client is; recorded as user_agent (else application_name).
 pub static USER_AGENT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -326,10 +329,20 @@ fn define_audit_gucs() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"pg_entitlements.audit_max_databases",
+        c"Databases the audit serves at once, one writer (a background worker) each.",
+        c"Records of further databases are dropped and counted. Each writer takes a max_worker_processes slot.",
+        &AUDIT_MAX_DATABASES,
+        1,
+        crate::audit::MAX_WRITERS as i32,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"pg_entitlements.audit_database",
-        c"The database in which the audit writer stores records.",
-        c"Checks in other databases are counted as dropped.",
+        c"WARNING: deprecated and ignored; every database's audit records are stored in that database.",
+        c"Kept so that a postgresql.conf that sets it still starts.",
         &AUDIT_DATABASE,
         GucContext::Postmaster,
         GucFlags::default(),

@@ -30,7 +30,7 @@ extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
 extension_sql_file!(
     "../sql/audit.sql",
     name = "audit",
-    requires = [audit::entitlement_checks_append_only, api::current_user_id]
+    requires = [audit::entitlement_checks_append_only, audit::audit_can_store_here, api::current_user_id]
 );
 extension_sql_file!(
     "../sql/api.sql",

@@ -8,12 +8,11 @@ use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::process::Command;
+use std::str::FromStr;
 
-/// The harness creates the extension in `app`; the writer must serve that database.
-const AUDIT_DB: &str = "pg_entitlements.audit_database = 'app'";
-
+/// A cluster with the extension in `app`: its first check starts its writer.
 fn audited(name: &str) -> Cluster {
-    Cluster::start_with(name, &[AUDIT_DB])
+    Cluster::start(name)
 }
 
 fn flush(c: &mut Client) -> i64 {
@@ -30,6 +29,18 @@ fn stats(c: &mut Client) -> (i64, i64, i64, i64, bool) {
         .query_one("SELECT queued, written, dropped, pending, writer_running FROM entitlements.audit_statistics()", &[])
         .unwrap();
     (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
+}
+
+/// (dropped_queue_full, dropped_no_writer, dropped_standby, dropped_refused)
+fn drops_by_cause(c: &mut Client) -> (i64, i64, i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT dropped_queue_full, dropped_no_writer, dropped_standby, dropped_refused
+               FROM entitlements.audit_statistics()",
+            &[],
+        )
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
 }
 
 /// The workspace's rows once everything queued so far is written.
@@ -166,7 +177,7 @@ fn audit_modes_denied_and_off_and_has_entitlement_is_never_recorded() {
 
 #[test]
 fn a_full_queue_drops_and_counts_but_answers_every_check() {
-    let pg = Cluster::start_with("audit-full", &[AUDIT_DB, "pg_entitlements.audit_queue_size = 16"]);
+    let pg = Cluster::start_with("audit-full", &["pg_entitlements.audit_queue_size = 16"]);
     let mut c = pg.connect();
     let ws = new_workspace(&mut c);
     let n = 5000i64;
@@ -182,6 +193,13 @@ fn a_full_queue_drops_and_counts_but_answers_every_check() {
     assert_eq!(queued + dropped, n, "each check is either queued or counted as dropped");
     assert_eq!((written, pending), (queued, 0));
     assert_eq!(rows_for(&mut c, &ws), written);
+    assert_eq!(drops_by_cause(&mut c), (dropped, 0, 0, 0), "all for a full queue");
+    // The server log says so, with the count and the cause (at most once a minute).
+    let log = pg.log();
+    let reports: Vec<&str> = log.lines().filter(|l| l.contains("audit records dropped since the last report")).collect();
+    assert!(!reports.is_empty(), "no report of the drops:\n{log}");
+    assert!((reports.len() as i64) < dropped / 100, "a report per minute, not per drop:\n{log}");
+    assert!(reports[0].contains("because the queue was full"), "{}", reports[0]);
 }
 
 fn kill9(pid: i32) {
@@ -195,31 +213,17 @@ fn writer_pid(c: &mut Client) -> Option<i32> {
         .map(|r| r.get(0))
 }
 
-/// Wait for the server (after crash restart number `restarts_before + 1`, unless
-/// `usize::MAX`: no crash expected) and its writer to be back.
-fn reconnect_with_writer(pg: &Cluster, restarts_before: usize) -> Client {
-    if restarts_before != usize::MAX {
-        drop(pg.reconnect_after_crash(restarts_before));
-    }
-    for _ in 0..100 {
-        if let Ok(mut c) = Client::connect(&pg.url("app"), NoTls) {
-            let writer = c
-                .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_entitlements audit writer'", &[])
-                .ok()
-                .flatten();
-            if writer.is_some() {
-                return c;
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("the writer did not come back:\n{}", pg.log())
+/// Wait for the server after crash restart number `restarts_before + 1` and reconnect. Its
+/// writer starts again with the first check (flush_audit waits for it).
+fn reconnect_after_crash(pg: &Cluster, restarts_before: usize) -> Client {
+    drop(pg.reconnect_after_crash(restarts_before));
+    pg.connect()
 }
 
 #[test]
 fn records_still_arrive_after_the_writer_or_a_backend_is_killed() {
     let pg = audited("audit-sigkill");
-    let mut c = reconnect_with_writer(&pg, usize::MAX);
+    let mut c = pg.connect();
     let ws = new_workspace(&mut c);
     check(&mut c, &ws, "ccp-01");
     assert_eq!(flushed_rows(&mut c, &ws), 1);
@@ -229,7 +233,7 @@ fn records_still_arrive_after_the_writer_or_a_backend_is_killed() {
     let restarts = pg.crash_restarts();
     kill9(pid);
     drop(c);
-    let mut c = reconnect_with_writer(&pg, restarts);
+    let mut c = reconnect_after_crash(&pg, restarts);
     assert_ne!(writer_pid(&mut c), Some(pid));
     check(&mut c, &ws, "ccp-02");
     assert_eq!(flushed_rows(&mut c, &ws), 2);
@@ -240,7 +244,7 @@ fn records_still_arrive_after_the_writer_or_a_backend_is_killed() {
     let restarts = pg.crash_restarts();
     kill9(victim_pid);
     drop(c);
-    let mut c = reconnect_with_writer(&pg, restarts);
+    let mut c = reconnect_after_crash(&pg, restarts);
     check(&mut c, &ws, "ccp-03");
     assert_eq!(flushed_rows(&mut c, &ws), 3);
 }
@@ -357,21 +361,172 @@ fn without_preload_checks_work_and_records_are_counted_as_dropped() {
     assert_eq!(check(&mut c, &ws, "ccp-05").0, false);
     assert_eq!(flush(&mut c), 0, "nothing to wait for");
     assert_eq!(stats(&mut c), (0, 0, 2, 0, false));
+    assert_eq!(drops_by_cause(&mut c), (0, 2, 0, 0), "no writer without preload");
     assert_eq!(rows_for(&mut c, &ws), 0);
 }
 
+/// A client of `db` that collects the WARNINGs the server sends it.
+fn connect_collecting_warnings(pg: &Cluster, db: &str) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = warnings.clone();
+    let c = postgres::Config::from_str(&pg.url(db))
+        .unwrap()
+        .notice_callback(move |n| sink.lock().unwrap().push(format!("{}: {}", n.severity(), n.message())))
+        .connect(NoTls)
+        .unwrap();
+    (c, warnings)
+}
+
+/// A new database with the extension (created from `admin`, a client of another database).
+fn database_with_extension(pg: &Cluster, admin: &mut Client, db: &str) -> Client {
+    exec(admin, &format!("CREATE DATABASE {db}"));
+    let mut c = pg.connect_db(db);
+    exec(&mut c, "CREATE EXTENSION pg_entitlements");
+    c
+}
+
+/// The pid of the writer connected to database `db`, if one is.
+fn writer_of(c: &mut Client, db: &str) -> Option<i32> {
+    c.query_opt(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_entitlements audit writer' AND datname = $1",
+        &[&db],
+    )
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+/// Poll (at most 60 s) until `done` holds; false if it never did.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
 #[test]
-fn checks_in_another_database_are_counted_as_dropped() {
-    let pg = audited("audit-other-db");
-    let mut app = reconnect_with_writer(&pg, usize::MAX);
-    exec(&mut app, "SELECT 1");
+fn two_databases_are_both_audited_each_in_its_own_table() {
+    let pg = audited("audit-two-dbs");
     let mut admin = pg.connect_db("postgres");
-    exec(&mut admin, "CREATE DATABASE other");
-    let mut other = pg.connect_db("other");
-    exec(&mut other, "CREATE EXTENSION pg_entitlements");
-    let ws = new_workspace(&mut other);
-    assert_eq!(check(&mut other, &ws, "ccp-01"), (true, None));
-    assert_eq!(stats(&mut other).2, 1);
+    let mut app = pg.connect();
+    let mut second = database_with_extension(&pg, &mut admin, "second");
+    let ws_app = new_workspace(&mut app);
+    let ws_second = new_workspace(&mut second);
+    for _ in 0..3 {
+        check(&mut app, &ws_app, "ccp-01");
+        check(&mut second, &ws_second, "ccp-05");
+    }
+    assert_eq!(flushed_rows(&mut app, &ws_app), 3);
+    assert_eq!(flushed_rows(&mut second, &ws_second), 3);
+    // Each database's rows in its own table only.
+    assert_eq!(rows_for(&mut app, &ws_second), 0);
+    assert_eq!(rows_for(&mut second, &ws_app), 0);
+    assert!(writer_of(&mut admin, "app").is_some() && writer_of(&mut admin, "second").is_some());
+    assert_eq!(stats(&mut app), (6, 6, 0, 0, true), "(queued, written, dropped, pending, writer_running)");
+}
+
+#[test]
+fn a_database_created_while_the_audit_runs_is_audited() {
+    let pg = audited("audit-new-db");
+    let mut app = pg.connect();
+    let ws = new_workspace(&mut app);
+    check(&mut app, &ws, "ccp-01");
+    assert_eq!(flushed_rows(&mut app, &ws), 1);
+    // No setting names it and nothing is restarted: its first check starts its writer.
+    let mut admin = pg.connect_db("postgres");
+    let mut late = database_with_extension(&pg, &mut admin, "late");
+    let ws_late = new_workspace(&mut late);
+    check(&mut late, &ws_late, "ccp-02");
+    assert_eq!(flushed_rows(&mut late, &ws_late), 1);
+    assert_eq!(stats(&mut late).2, 0, "nothing dropped");
+}
+
+#[test]
+fn a_terminated_writer_comes_back_and_stores_what_was_queued_meanwhile() {
+    let pg = audited("audit-terminate");
+    let mut c = pg.connect();
+    let ws = new_workspace(&mut c);
+    check(&mut c, &ws, "ccp-01");
+    assert_eq!(flushed_rows(&mut c, &ws), 1);
+    let pid = writer_of(&mut c, "app").expect("a writer for app");
+    exec(&mut c, &format!("SELECT pg_terminate_backend({pid})"));
+    let gone = eventually(|| count(&mut c, &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}")) == 0);
+    assert!(gone, "the writer did not end");
+    // Queued while no writer runs (the postmaster starts it again a second after it ended).
+    check(&mut c, &ws, "ccp-02");
+    check(&mut c, &ws, "ccp-03");
+    assert_eq!(flushed_rows(&mut c, &ws), 3, "the records queued meanwhile are stored:\n{}", pg.log());
+    let back = writer_of(&mut c, "app").expect("the writer is back");
+    assert_ne!(back, pid);
+    assert_eq!(stats(&mut c).2, 0, "nothing dropped");
+}
+
+#[test]
+fn drop_extension_and_drop_database_end_the_writer_and_succeed() {
+    let pg = audited("audit-drops");
+    let mut admin = pg.connect_db("postgres");
+    let mut second = database_with_extension(&pg, &mut admin, "second");
+    let ws = new_workspace(&mut second);
+    check(&mut second, &ws, "ccp-01");
+    assert_eq!(flushed_rows(&mut second, &ws), 1);
+    assert!(writer_of(&mut admin, "second").is_some());
+
+    // DROP EXTENSION: the writer ends (it has nothing left to store there) ...
+    exec(&mut second, "DROP EXTENSION pg_entitlements");
+    assert!(eventually(|| writer_of(&mut admin, "second").is_none()), "the writer of second did not end:\n{}", pg.log());
+    // ... and comes back when the extension does.
+    exec(&mut second, "CREATE EXTENSION pg_entitlements");
+    check(&mut second, &ws, "ccp-02");
+    assert_eq!(flushed_rows(&mut second, &ws), 1);
+    let writer = writer_of(&mut admin, "second").expect("a writer for second again");
+
+    // DROP DATABASE without FORCE, with the writer running: the writer leaves, the drop
+    // succeeds.
+    drop(second);
+    assert!(eventually(|| count(&mut admin, "SELECT count(*) FROM pg_stat_activity WHERE datname = 'second' AND backend_type = 'client backend'") == 0));
+    exec(&mut admin, "DROP DATABASE second");
+    assert_eq!(count(&mut admin, &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {writer}")), 0);
+    assert!(pg.log().contains("leaving: its database is being dropped"), "{}", pg.log());
+    // The other databases' audit goes on.
+    let mut app = pg.connect();
+    let ws_app = new_workspace(&mut app);
+    check(&mut app, &ws_app, "ccp-01");
+    assert_eq!(flushed_rows(&mut app, &ws_app), 1);
+}
+
+#[test]
+fn more_databases_than_audit_max_databases_drop_and_count_and_warn() {
+    let pg = Cluster::start_with("audit-max-dbs", &["pg_entitlements.audit_max_databases = 2"]);
+    let mut admin = pg.connect_db("postgres");
+    let mut app = pg.connect();
+    let mut second = database_with_extension(&pg, &mut admin, "second");
+    exec(&mut admin, "CREATE DATABASE third");
+    let (mut third, warnings) = connect_collecting_warnings(&pg, "third");
+    let ws_app = new_workspace(&mut app);
+    let ws_second = new_workspace(&mut second);
+    check(&mut app, &ws_app, "ccp-01");
+    check(&mut second, &ws_second, "ccp-01");
+    assert_eq!(flushed_rows(&mut app, &ws_app), 1);
+    assert_eq!(flushed_rows(&mut second, &ws_second), 1);
+
+    // Both writer slots are taken (a writer leaves after 10 s without records, so the next
+    // steps follow at once): CREATE EXTENSION in a third database says so ...
+    exec(&mut third, "CREATE EXTENSION pg_entitlements");
+    let warned = warnings.lock().unwrap().clone();
+    assert!(
+        warned.iter().any(|w| w.starts_with("WARNING") && w.contains("audit records of this database will be dropped")),
+        "{warned:?}"
+    );
+    // ... and its records are dropped and counted, while its checks answer.
+    let ws_third = new_workspace(&mut third);
+    assert_eq!(check(&mut third, &ws_third, "ccp-01"), (true, None));
+    assert_eq!(flushed_rows(&mut third, &ws_third), 0);
+    assert_eq!(stats(&mut third).2, 1);
+    assert_eq!(drops_by_cause(&mut third), (0, 1, 0, 0));
+    assert!(pg.log().contains("1 because no writer serves their database"), "{}", pg.log());
 }
 
 /// The DBA queries of docs/AUDIT.md, run as written (`:'ws'` is the psql variable).
@@ -576,6 +731,7 @@ fn on_a_hot_standby_checks_work_and_records_are_counted_as_dropped() {
     assert_eq!(check(&mut s, &ws, "ccp-13").0, false);
     assert_eq!(flush(&mut s), 0, "nothing is queued on a standby");
     assert_eq!(stats(&mut s), (0, 0, 2, 0, false), "counted as dropped; no writer during recovery");
+    assert_eq!(drops_by_cause(&mut s), (0, 0, 2, 0));
     assert_eq!(flushed_rows(&mut primary, &ws), 0);
 }
 
@@ -583,7 +739,7 @@ fn on_a_hot_standby_checks_work_and_records_are_counted_as_dropped() {
 #[test]
 fn a_batch_that_always_fails_is_given_up_after_retries() {
     let pg = audited("audit-poison");
-    let mut c = reconnect_with_writer(&pg, usize::MAX);
+    let mut c = pg.connect();
     let ws = new_workspace(&mut c);
     exec(&mut c, "CREATE FUNCTION public.poison() RETURNS trigger LANGUAGE plpgsql AS $$
                   BEGIN IF NEW.user_id = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$;
@@ -595,7 +751,7 @@ fn a_batch_that_always_fails_is_given_up_after_retries() {
     flush(&mut c);
     let (_, written, dropped, pending, _) = stats(&mut c);
     assert_eq!((written, dropped, pending), (0, 1, 0));
-    let mut c = reconnect_with_writer(&pg, usize::MAX);
+    assert_eq!(drops_by_cause(&mut c), (0, 0, 0, 1));
     check(&mut c, &ws, "ccp-02");
     assert_eq!(flushed_rows(&mut c, &ws), 1);
     assert!(pg.log().contains("whose INSERT failed 3 times"));

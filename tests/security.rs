@@ -29,8 +29,11 @@ fn writer_pid(c: &mut Client) -> Option<i32> {
         .map(|r| r.get(0))
 }
 
+/// The writer of `c`'s database, once running and other than `not`. A writer starts with its
+/// database's first check: one on a workspace of its own makes sure it does.
 fn wait_for_writer(c: &mut Client, not: Option<i32>) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(30);
+    exec(c, "SELECT entitlements.entitlement_check(gen_random_uuid(), 'ccp-01')");
     loop {
         if let Some(pid) = writer_pid(c) {
             if Some(pid) != not {

@@ -1,12 +1,15 @@
 //! The audit trail: every audited check becomes one row of `entitlements.entitlement_checks`,
 //! written outside the caller's transaction. A check only copies a fixed-size record into a
-//! shared-memory queue (`queue`); a background worker (`writer`) stores the rows in batches.
+//! shared-memory queue (`queue`); a background worker per database (`writer`) stores the
+//! rows in batches.
 //! The table, its append-only guard, policies and views are in sql/audit.sql; docs/AUDIT.md
 //! describes the design for DBAs.
 
 mod queue;
 pub mod record;
 mod writer;
+
+pub use queue::MAX_WRITERS;
 
 use crate::gucs::{self, AuditMode};
 use crate::resolver::Reason;
@@ -25,7 +28,7 @@ pub fn init() {
         return;
     }
     queue::install_hooks();
-    writer::register();
+    writer::install_hooks();
 }
 
 /// One answered check as the audit records it (built by the SQL functions).
@@ -40,24 +43,29 @@ pub struct Check<'a> {
 }
 
 /// Record one answered check. Never raises and never waits: when the record cannot be
-/// queued (audit off for it, no queue, a standby, another database, a full queue) it is
-/// dropped and, unless the audit is off for it, counted.
+/// queued (audit off for it, no queue, a standby, every writer serving other databases, a
+/// full queue) it is dropped and, unless the audit is off for it, counted.
 pub fn record(check: &Check<'_>) {
     match gucs::AUDIT.get() {
         AuditMode::Off => return,
         AuditMode::Denied if check.enabled => return,
         _ => {}
     }
-    if !queue::available() || in_recovery() || other_database() {
-        queue::count_dropped();
+    if !queue::available() {
+        queue::count_dropped(queue::Cause::NoWriter, 1);
+        return;
+    }
+    if in_recovery() {
+        queue::count_dropped(queue::Cause::Standby, 1);
         return;
     }
     let user_agent = user_agent();
     let ip = client_ip();
     let connection = connection_address();
+    // SAFETY: set at backend start, constant afterwards.
+    let database_oid = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let record = Record {
-        // SAFETY: set at backend start, constant afterwards.
-        database_oid: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        database_oid,
         result: check.enabled,
         cached: check.cached,
         reason: check.reason.map_or(0, |r| r.ordinal()),
@@ -70,19 +78,12 @@ pub fn record(check: &Check<'_>) {
         session_role: InlineText::new(session_role().as_deref()),
         connection_addr: InlineText::new(connection.as_deref()),
     };
-    queue::push(&record);
+    queue::push(&record, database_oid, |slot, generation| writer::start(slot, generation, database_oid));
 }
 
 fn in_recovery() -> bool {
     // SAFETY: reads shared recovery state; callable in any backend.
     unsafe { pg_sys::RecoveryInProgress() }
-}
-
-/// True when the writer is known to serve another database than ours.
-fn other_database() -> bool {
-    // SAFETY: see `record`.
-    let ours = unsafe { pg_sys::MyDatabaseId };
-    queue::writer_database().is_some_and(|db| db != ours)
 }
 
 fn user_agent() -> Option<String> {
@@ -295,7 +296,7 @@ fn flush_audit() -> i64 {
     }
     let deadline = crate::pgutil::now() + FLUSH_TIMEOUT.as_micros() as i64;
     loop {
-        queue::wake_writer();
+        queue::wake_writers();
         let handled = queue::handled().unwrap_or(target);
         if handled >= target {
             return (target - start) as i64;
@@ -323,8 +324,18 @@ fn flush_audit() -> i64 {
     }
 }
 
-/// The audit's counters (since server start; a crash restart resets them). Without
-/// shared_preload_libraries only `dropped` counts, for this session.
+/// Whether this database's audit records can be stored: its writer runs, or a writer slot
+/// is free for it (`pg_entitlements.audit_max_databases`). CREATE EXTENSION warns when not.
+/// True without shared_preload_libraries, which CREATE EXTENSION warns about on its own.
+#[pg_extern(volatile, parallel_safe)]
+fn audit_can_store_here() -> bool {
+    // SAFETY: set at backend start, constant afterwards.
+    queue::can_serve(unsafe { pg_sys::MyDatabaseId }.to_u32())
+}
+
+/// The audit's counters (since server start; a crash restart resets them), with the drops
+/// by cause. Without shared_preload_libraries only `dropped` (and `dropped_no_writer`)
+/// counts, for this session.
 #[pg_extern(volatile, parallel_safe)]
 fn audit_statistics() -> TableIterator<
     'static,
@@ -335,6 +346,10 @@ fn audit_statistics() -> TableIterator<
         name!(pending, i64),
         name!(last_flush_at, Option<TimestampWithTimeZone>),
         name!(writer_running, bool),
+        name!(dropped_queue_full, i64),
+        name!(dropped_no_writer, i64),
+        name!(dropped_standby, i64),
+        name!(dropped_refused, i64),
     ),
 > {
     let s = queue::statistics();
@@ -342,9 +357,13 @@ fn audit_statistics() -> TableIterator<
     TableIterator::once((
         as_i64(s.queued),
         as_i64(s.written),
-        as_i64(s.dropped),
+        as_i64(s.dropped_total()),
         as_i64(s.pending),
         s.last_flush_at.and_then(|t| TimestampWithTimeZone::try_from(t).ok()),
         s.writer_running,
+        as_i64(s.dropped(queue::Cause::QueueFull)),
+        as_i64(s.dropped(queue::Cause::NoWriter)),
+        as_i64(s.dropped(queue::Cause::Standby)),
+        as_i64(s.dropped(queue::Cause::Refused)),
     ))
 }

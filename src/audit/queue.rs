@@ -1,41 +1,102 @@
-//! The bounded queue between the checking backends and the writer: a ring of fixed-size
-//! records in shared memory, sized by `pg_entitlements.audit_queue_size` at server start.
-//! Many producers (backends) append under one LWLock held for a copy; one consumer (the
-//! writer) reads without the lock and advances the head only after its rows committed, so
-//! `flush_audit()` can wait on the head. A full queue drops the record: a check never waits
-//! for the audit.
+//! The bounded queue between the checking backends and the writers: one ring of fixed-size
+//! records in shared memory, sized by `pg_entitlements.audit_queue_size` at server start,
+//! whatever the number of databases. Each record carries its database's OID; each database
+//! with audited checks has a writer (a dynamic background worker) in a slot of its own, with
+//! its own read cursor: it stores its database's records and skips the others'.
+//!
+//! Many producers (backends) append under one LWLock held for a copy. A writer reads without
+//! the lock from its cursor to the tail and advances its cursor only after its rows
+//! committed. The ring's head, what producers compare with the tail for "full" and what
+//! `flush_audit()` waits on, is the lowest cursor of the slots in use. A full queue drops the
+//! record: a check never waits for the audit.
 
 use super::record::Record;
 use crate::gucs;
 use pgrx::pg_sys;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 const SEGMENT: &CStr = c"pg_entitlements audit queue";
 const TRANCHE: &CStr = c"pg_entitlements audit";
+
+/// The most writer slots `pg_entitlements.audit_max_databases` may ask for (the slots are a
+/// fixed array: a few hundred bytes each).
+pub const MAX_WRITERS: usize = 64;
+
+/// Why a record will never be stored; `audit_statistics()` shows each count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// The ring was full.
+    QueueFull = 0,
+    /// No writer can store it: every writer slot serves another database, the extension is
+    /// not installed (any more) in its database, no writer could be started, or the library
+    /// is not preloaded.
+    NoWriter = 1,
+    /// Checked on a hot standby, which cannot write.
+    Standby = 2,
+    /// PostgreSQL refused its row, or its batch failed repeatedly.
+    Refused = 3,
+}
+
+const CAUSES: usize = 4;
+/// How the server log names each cause, in `Cause` order.
+const CAUSE_NAMES: [&str; CAUSES] = [
+    "the queue was full",
+    "no writer serves their database",
+    "checked on a standby",
+    "refused by the table",
+];
+
+/// A writer slot's life: FREE, then STARTING (claimed by the first check of a database, its
+/// worker registered; also while the postmaster restarts a terminated writer), RUNNING (the
+/// worker attached), FREE again when the writer leaves.
+const FREE: u32 = 0;
+const STARTING: u32 = 1;
+const RUNNING: u32 = 2;
+
+/// A STARTING slot whose worker has not attached after this long is registered again (a
+/// registration lost to an ERROR, say).
+const START_TIMEOUT_US: i64 = 30_000_000;
+
+#[repr(C)]
+struct Slot {
+    /// FREE, STARTING or RUNNING; changed under the queue lock only.
+    state: AtomicU32,
+    database_oid: AtomicU32,
+    /// Bumped at every claim: a worker started for an earlier claim of the slot leaves.
+    generation: AtomicU32,
+    pid: AtomicI32,
+    latch: AtomicPtr<pg_sys::Latch>,
+    /// Next sequence number this writer will handle. Set under the lock when the slot is
+    /// claimed; afterwards only the writer advances it.
+    cursor: AtomicU64,
+    /// When the slot last entered STARTING (timestamptz microseconds).
+    starting_since: AtomicI64,
+    /// DROP DATABASE asks the writer to leave so that it does not hold the database open.
+    leave: AtomicBool,
+    /// The cursor whose batch the writer is attempting, and how many times it started on it:
+    /// survives the writer's exit on an ERROR, so a batch that always fails can be given up.
+    attempt_cursor: AtomicU64,
+    attempts: AtomicU32,
+}
 
 #[repr(C)]
 struct Header {
     lock: *mut pg_sys::LWLock,
     capacity: u64,
-    /// Next sequence number the writer will handle; everything before it is written (or
-    /// dropped as unwritable). Only the writer stores it.
-    head: AtomicU64,
+    /// Slots in use at most (`pg_entitlements.audit_max_databases`).
+    max_writers: usize,
     /// Next sequence number a producer will fill. Stored under `lock`.
     tail: AtomicU64,
-    /// Published by the writer once connected (0: no writer yet).
-    database_oid: AtomicU32,
-    worker_pid: AtomicI32,
-    worker_latch: AtomicPtr<pg_sys::Latch>,
     queued: AtomicU64,
     written: AtomicU64,
-    dropped: AtomicU64,
-    /// When the writer last committed a batch (timestamptz microseconds; 0: never).
+    dropped: [AtomicU64; CAUSES],
+    /// The drop counts last written to the server log, and when.
+    reported: [AtomicU64; CAUSES],
+    reported_at: AtomicI64,
+    /// When a writer last committed a batch (timestamptz microseconds; 0: never).
     last_flush_at: AtomicI64,
-    /// The head whose batch the writer is attempting, and how many times it started on it:
-    /// survives the writer's exit on an ERROR, so a batch that always fails can be given up.
-    attempt_head: AtomicU64,
-    attempts: AtomicU32,
+    slots: [Slot; MAX_WRITERS],
 }
 
 /// This process's view of the segment; null without `shared_preload_libraries`.
@@ -87,6 +148,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
     // SAFETY: runs in the postmaster (and again after a crash restart) with the space and
     // tranche requested above. AddinShmemInitLock (MainLWLockArray[21], as pgrx's own
     // PgLwLock uses it) serialises initialisation; `found` tells us whether to initialise.
+    // Every field of the header is valid when zeroed (atomics, null pointers, FREE slots).
     unsafe {
         if let Some(prev) = PREV_SHMEM_STARTUP_HOOK {
             prev();
@@ -98,21 +160,10 @@ unsafe extern "C-unwind" fn shmem_startup() {
         let header =
             pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), segment_size(capacity), &mut found).cast::<Header>();
         if !found {
-            header.write(Header {
-                lock: &raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock,
-                capacity: capacity as u64,
-                head: AtomicU64::new(0),
-                tail: AtomicU64::new(0),
-                database_oid: AtomicU32::new(0),
-                worker_pid: AtomicI32::new(0),
-                worker_latch: AtomicPtr::new(std::ptr::null_mut()),
-                queued: AtomicU64::new(0),
-                written: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
-                last_flush_at: AtomicI64::new(0),
-                attempt_head: AtomicU64::new(0),
-                attempts: AtomicU32::new(0),
-            });
+            std::ptr::write_bytes(header.cast::<u8>(), 0, std::mem::size_of::<Header>());
+            (*header).lock = &raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock;
+            (*header).capacity = capacity as u64;
+            (*header).max_writers = (gucs::AUDIT_MAX_DATABASES.get().max(1) as usize).min(MAX_WRITERS);
         }
         QUEUE.store(header, Ordering::Release);
         pg_sys::LWLockRelease(init_lock);
@@ -126,9 +177,35 @@ fn header() -> Option<&'static Header> {
     unsafe { p.as_ref() }
 }
 
-fn slot(h: &Header, seq: u64) -> *mut Record {
+fn ring_slot(h: &Header, seq: u64) -> *mut Record {
     let base = (h as *const Header as *mut u8).wrapping_add(records_offset()).cast::<Record>();
     base.wrapping_add((seq % h.capacity) as usize)
+}
+
+fn writers(h: &Header) -> &[Slot] {
+    &h.slots[..h.max_writers]
+}
+
+/// Run `f` holding the queue lock. `f` must not raise an ERROR (atomics and copies only),
+/// except where said otherwise at the call.
+fn locked<R>(h: &Header, f: impl FnOnce() -> R) -> R {
+    // SAFETY: the lock is the tranche's LWLock in shared memory; an ERROR inside would be
+    // released by the transaction abort (LWLockReleaseAll).
+    unsafe { pg_sys::LWLockAcquire(h.lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+    let r = f();
+    // SAFETY: acquired above.
+    unsafe { pg_sys::LWLockRelease(h.lock) };
+    r
+}
+
+/// The lowest sequence number some writer still needs: records before it are done.
+fn head(h: &Header) -> u64 {
+    let tail = h.tail.load(Ordering::Acquire);
+    writers(h)
+        .iter()
+        .filter(|s| s.state.load(Ordering::Acquire) != FREE)
+        .map(|s| s.cursor.load(Ordering::Acquire))
+        .fold(tail, u64::min)
 }
 
 /// Backend-local count of checks not recorded because there is no queue at all (the library
@@ -139,58 +216,145 @@ pub fn available() -> bool {
     header().is_some()
 }
 
-/// Count a record that will never be written.
-pub fn count_dropped() {
-    match header() {
-        Some(h) => h.dropped.fetch_add(1, Ordering::Relaxed),
-        None => UNQUEUED.fetch_add(1, Ordering::Relaxed),
-    };
+fn now() -> i64 {
+    // SAFETY: reads the clock; callable in any process.
+    unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-/// The database the writer serves, once it has connected.
-pub fn writer_database() -> Option<pg_sys::Oid> {
-    let oid = header()?.database_oid.load(Ordering::Acquire);
-    (oid != 0).then(|| pg_sys::Oid::from(oid))
-}
-
-/// Append a record; false (and counted as dropped) when there is no room or no queue.
-pub fn push(record: &Record) -> bool {
+/// Count records that will never be written, and say so in the server log at most once a
+/// minute.
+pub fn count_dropped(cause: Cause, n: u64) {
+    if n == 0 {
+        return;
+    }
     let Some(h) = header() else {
-        UNQUEUED.fetch_add(1, Ordering::Relaxed);
-        return false;
+        UNQUEUED.fetch_add(n, Ordering::Relaxed);
+        return;
     };
-    // SAFETY: the lock is the tranche's LWLock in shared memory. Under it we are the only
-    // producer; the slot at `tail` is outside [head, tail), which the writer alone reads.
-    // An ERROR cannot happen between acquire and release (a copy and atomics only).
-    let fill = unsafe {
-        pg_sys::LWLockAcquire(h.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let tail = h.tail.load(Ordering::Relaxed);
-        let head = h.head.load(Ordering::Acquire);
-        let fill = if tail - head >= h.capacity {
-            None
-        } else {
-            slot(h, tail).write(*record);
-            h.tail.store(tail + 1, Ordering::Release);
-            Some(tail + 1 - head)
-        };
-        pg_sys::LWLockRelease(h.lock);
-        fill
-    };
-    match fill {
-        None => {
-            h.dropped.fetch_add(1, Ordering::Relaxed);
-            false
-        }
-        Some(fill) => {
-            h.queued.fetch_add(1, Ordering::Relaxed);
-            // Wake the writer early when the queue is half full, once per crossing, so a
-            // burst drains before the writer's regular tick.
-            if fill == h.capacity.div_ceil(2) {
-                wake_writer();
-            }
-            true
+    h.dropped[cause as usize].fetch_add(n, Ordering::Relaxed);
+    report_drops();
+}
+
+/// Write the drops not yet reported to the server log, unless a report was written less
+/// than a minute ago (the writers call it on every tick, so drops are reported within about
+/// a minute even when they stop).
+pub fn report_drops() {
+    let Some(h) = header() else { return };
+    let unreported = (0..CAUSES).any(|i| h.dropped[i].load(Ordering::Relaxed) > h.reported[i].load(Ordering::Relaxed));
+    if !unreported {
+        return;
+    }
+    let now = now();
+    let last = h.reported_at.load(Ordering::Relaxed);
+    if now - last < 60_000_000
+        || h.reported_at.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_err()
+    {
+        return;
+    }
+    // We won this minute's report: the drops since the last one, by cause.
+    let mut parts = Vec::new();
+    let mut total = 0;
+    for (i, name) in CAUSE_NAMES.iter().enumerate() {
+        let count = h.dropped[i].load(Ordering::Relaxed);
+        let new = count.saturating_sub(h.reported[i].swap(count, Ordering::Relaxed));
+        if new > 0 {
+            parts.push(format!("{new} because {name}"));
+            total += new;
         }
     }
+    if total > 0 {
+        pgrx::log!(
+            "pg_entitlements: {total} audit records dropped since the last report ({}); see entitlements.audit_statistics()",
+            parts.join(", ")
+        );
+    }
+}
+
+/// What `push` did with a record.
+pub enum Pushed {
+    Queued,
+    Dropped(Cause),
+}
+
+/// Append a record of database `db`. The first record of a database without a writer claims
+/// a free slot and calls `start(slot, generation)` to register its worker (under the lock, so
+/// only one registration happens); when every slot serves another database, or the worker
+/// cannot be registered, the record is dropped. Never waits beyond the lock.
+pub fn push(record: &Record, db: u32, start: impl Fn(usize, u32) -> bool) -> Pushed {
+    let Some(h) = header() else {
+        UNQUEUED.fetch_add(1, Ordering::Relaxed);
+        return Pushed::Dropped(Cause::NoWriter);
+    };
+    let outcome = locked(h, || {
+        let tail = h.tail.load(Ordering::Relaxed);
+        let ours = writers(h)
+            .iter()
+            .position(|s| s.state.load(Ordering::Relaxed) != FREE && s.database_oid.load(Ordering::Relaxed) == db);
+        match ours {
+            Some(i) => {
+                let s = &h.slots[i];
+                // A worker that never attached (its registration lost): register it again.
+                if s.state.load(Ordering::Relaxed) == STARTING
+                    && now() - s.starting_since.load(Ordering::Relaxed) > START_TIMEOUT_US
+                {
+                    let generation = s.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                    s.starting_since.store(now(), Ordering::Relaxed);
+                    // RegisterDynamicBackgroundWorker takes its own LWLock and reports
+                    // failure by its result, not by an ERROR.
+                    start(i, generation);
+                }
+            }
+            None => {
+                let Some(i) = writers(h).iter().position(|s| s.state.load(Ordering::Relaxed) == FREE) else {
+                    return Pushed::Dropped(Cause::NoWriter);
+                };
+                let s = &h.slots[i];
+                let generation = s.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                s.database_oid.store(db, Ordering::Relaxed);
+                s.cursor.store(tail, Ordering::Release);
+                s.attempts.store(0, Ordering::Relaxed);
+                s.leave.store(false, Ordering::Relaxed);
+                s.starting_since.store(now(), Ordering::Relaxed);
+                s.state.store(STARTING, Ordering::Release);
+                // As above: a failed registration is a result, not an ERROR.
+                if !start(i, generation) {
+                    s.state.store(FREE, Ordering::Release);
+                    return Pushed::Dropped(Cause::NoWriter);
+                }
+            }
+        }
+        if tail - head(h) >= h.capacity {
+            return Pushed::Dropped(Cause::QueueFull);
+        }
+        // SAFETY: under the lock we are the only producer; the slot at `tail` is outside
+        // [head, tail), which the writers alone read.
+        unsafe { ring_slot(h, tail).write(*record) };
+        h.tail.store(tail + 1, Ordering::Release);
+        Pushed::Queued
+    });
+    match outcome {
+        Pushed::Dropped(cause) => count_dropped(cause, 1),
+        Pushed::Queued => {
+            h.queued.fetch_add(1, Ordering::Relaxed);
+            // Wake the writers early when the queue is half full, once per crossing, so a
+            // burst drains before their regular tick.
+            let fill = h.tail.load(Ordering::Relaxed).saturating_sub(head(h));
+            if fill == h.capacity.div_ceil(2) {
+                wake_writers();
+            }
+        }
+    }
+    outcome
+}
+
+/// Whether records of database `db` can be stored: a writer serves it or a slot is free.
+/// True without shared_preload_libraries (that case is warned about on its own).
+pub fn can_serve(db: u32) -> bool {
+    let Some(h) = header() else { return true };
+    writers(h).iter().any(|s| {
+        let state = s.state.load(Ordering::Acquire);
+        state == FREE || s.database_oid.load(Ordering::Acquire) == db
+    })
 }
 
 /// Sequence number the next record will get: `flush_audit()` waits until `handled()` reaches it.
@@ -199,103 +363,202 @@ pub fn enqueued() -> Option<u64> {
 }
 
 pub fn handled() -> Option<u64> {
-    Some(header()?.head.load(Ordering::Acquire))
+    header().map(head)
 }
 
-pub fn wake_writer() {
+pub fn wake_writers() {
     let Some(h) = header() else { return };
-    let latch = h.worker_latch.load(Ordering::Acquire);
-    if !latch.is_null() {
-        // SAFETY: the writer publishes its own PGPROC latch, which lives in shared memory for
-        // the server's life; setting a latch of an exited process is harmless (and the
-        // writer clears the pointer before it exits).
-        unsafe { pg_sys::SetLatch(latch) };
+    for s in writers(h) {
+        let latch = s.latch.load(Ordering::Acquire);
+        if !latch.is_null() {
+            // SAFETY: a writer publishes its own PGPROC latch, which lives in shared memory
+            // for the server's life; setting a latch of an exited process is harmless (and
+            // the writer clears the pointer before it exits).
+            unsafe { pg_sys::SetLatch(latch) };
+        }
     }
 }
 
-/// Writer side: announce ourselves so backends can wake us and know our database.
-pub fn publish_writer(database_oid: pg_sys::Oid, latch: *mut pg_sys::Latch, pid: i32) {
-    if let Some(h) = header() {
-        h.worker_latch.store(latch, Ordering::Release);
-        h.worker_pid.store(pid, Ordering::Release);
-        h.database_oid.store(database_oid.to_u32(), Ordering::Release);
+// ---------------------------------------------------------------------------------------
+// Writer side. A writer serves the slot it was started for: `slot` below is its index.
+// ---------------------------------------------------------------------------------------
+
+/// Take up the slot this worker was started for; false when it is no longer ours (claimed
+/// again since, freed, or already served): the worker then leaves without touching it.
+pub fn attach(slot: usize, generation: u32, db: u32, latch: *mut pg_sys::Latch, pid: i32) -> bool {
+    let Some(h) = header() else { return false };
+    if slot >= h.max_writers {
+        return false;
+    }
+    let s = &h.slots[slot];
+    locked(h, || {
+        // The worker's argument carries the generation's low 24 bits.
+        let ours = s.state.load(Ordering::Relaxed) == STARTING
+            && s.generation.load(Ordering::Relaxed) & 0xff_ffff == generation
+            && s.database_oid.load(Ordering::Relaxed) == db;
+        if ours {
+            s.latch.store(latch, Ordering::Release);
+            s.pid.store(pid, Ordering::Release);
+            s.state.store(RUNNING, Ordering::Release);
+        }
+        ours
+    })
+}
+
+/// The writer ends but must come back (terminated, or an ERROR): the slot keeps its cursor,
+/// so the records queued meanwhile wait for the restarted worker.
+pub fn detach(slot: usize) {
+    let Some(h) = header() else { return };
+    let s = &h.slots[slot];
+    locked(h, || {
+        s.latch.store(std::ptr::null_mut(), Ordering::Release);
+        s.pid.store(0, Ordering::Release);
+        s.starting_since.store(now(), Ordering::Relaxed);
+        s.state.store(STARTING, Ordering::Release);
+    });
+}
+
+/// Free the slot. With `force`, records of its database still queued are counted as dropped
+/// (no writer will store them); without, the slot is only freed when there are none (returns
+/// whether it was). Under the lock, so no record of the database arrives meanwhile.
+pub fn release(slot: usize, force: bool) -> bool {
+    let Some(h) = header() else { return true };
+    let s = &h.slots[slot];
+    let db = s.database_oid.load(Ordering::Relaxed);
+    let left = locked(h, || {
+        let tail = h.tail.load(Ordering::Relaxed);
+        // SAFETY: [cursor, tail) is filled, and no producer overwrites it while our cursor
+        // holds the head (and we hold the lock).
+        let mine = (s.cursor.load(Ordering::Relaxed)..tail)
+            .filter(|&seq| unsafe { (*ring_slot(h, seq)).database_oid } == db)
+            .count() as u64;
+        if mine > 0 && !force {
+            return None;
+        }
+        s.latch.store(std::ptr::null_mut(), Ordering::Release);
+        s.pid.store(0, Ordering::Release);
+        s.state.store(FREE, Ordering::Release);
+        Some(mine)
+    });
+    match left {
+        None => false,
+        Some(mine) => {
+            count_dropped(Cause::NoWriter, mine);
+            true
+        }
     }
 }
 
-pub fn retract_writer() {
-    if let Some(h) = header() {
-        h.worker_latch.store(std::ptr::null_mut(), Ordering::Release);
-        h.worker_pid.store(0, Ordering::Release);
-    }
+/// Whether DROP DATABASE asked this writer to leave.
+pub fn leave_requested(slot: usize) -> bool {
+    header().is_some_and(|h| h.slots[slot].leave.load(Ordering::Acquire))
 }
 
-/// Writer side: copy up to `max` records from the head, without removing them.
-pub fn peek(max: usize, out: &mut Vec<Record>) {
+/// Ask the writer of database `db`, if any, to leave; returns whether there was one.
+pub fn ask_to_leave(db: u32) -> bool {
+    let Some(h) = header() else { return false };
+    let mut asked = false;
+    for s in writers(h) {
+        if s.state.load(Ordering::Acquire) != FREE && s.database_oid.load(Ordering::Acquire) == db {
+            s.leave.store(true, Ordering::Release);
+            let latch = s.latch.load(Ordering::Acquire);
+            if !latch.is_null() {
+                // SAFETY: as in wake_writers.
+                unsafe { pg_sys::SetLatch(latch) };
+            }
+            asked = true;
+        }
+    }
+    asked
+}
+
+/// Whether a writer process of database `db` is attached.
+pub fn serving(db: u32) -> bool {
+    header().is_some_and(|h| {
+        writers(h).iter().any(|s| {
+            s.pid.load(Ordering::Acquire) != 0 && s.database_oid.load(Ordering::Acquire) == db
+        })
+    })
+}
+
+/// Copy up to `max` records from the slot's cursor, without removing them.
+pub fn peek(slot: usize, max: usize, out: &mut Vec<Record>) {
     out.clear();
     let Some(h) = header() else { return };
-    let head = h.head.load(Ordering::Relaxed);
+    let cursor = h.slots[slot].cursor.load(Ordering::Relaxed);
     let tail = h.tail.load(Ordering::Acquire);
-    let n = (tail - head).min(max as u64);
-    for seq in head..head + n {
-        // SAFETY: [head, tail) is filled (tail was stored with Release after the write) and
-        // no producer touches it until the head moves past it, which only we do.
-        out.push(unsafe { slot(h, seq).read() });
+    let n = tail.saturating_sub(cursor).min(max as u64);
+    for seq in cursor..cursor + n {
+        // SAFETY: [cursor, tail) is filled (tail was stored with Release after the write)
+        // and no producer touches it until the head moves past it, which our cursor holds.
+        out.push(unsafe { ring_slot(h, seq).read() });
     }
 }
 
-/// Writer side: about to write the batch at the head; returns how many times this batch
-/// has been attempted, this time included.
-pub fn note_attempt() -> u32 {
+/// About to write the batch at the cursor; returns how many times this batch has been
+/// attempted, this time included.
+pub fn note_attempt(slot: usize) -> u32 {
     let Some(h) = header() else { return 0 };
-    let head = h.head.load(Ordering::Relaxed);
-    if h.attempt_head.swap(head, Ordering::Relaxed) == head {
-        h.attempts.fetch_add(1, Ordering::Relaxed) + 1
+    let s = &h.slots[slot];
+    let cursor = s.cursor.load(Ordering::Relaxed);
+    if s.attempt_cursor.swap(cursor, Ordering::Relaxed) == cursor {
+        s.attempts.fetch_add(1, Ordering::Relaxed) + 1
     } else {
-        h.attempts.store(1, Ordering::Relaxed);
+        s.attempts.store(1, Ordering::Relaxed);
         1
     }
 }
 
-/// Writer side: the first `n` records are done (`written` rows committed, the rest dropped).
-pub fn consume(n: usize, written: u64, now: i64) {
+/// The first `n` records from the cursor are done: `written` rows committed, `dropped` of
+/// them given up for `cause`, the rest another database's.
+pub fn consume(slot: usize, n: usize, written: u64, dropped: u64, cause: Cause, now: i64) {
     let Some(h) = header() else { return };
+    let s = &h.slots[slot];
     h.written.fetch_add(written, Ordering::Relaxed);
-    h.dropped.fetch_add(n as u64 - written, Ordering::Relaxed);
+    count_dropped(cause, dropped);
     if written > 0 {
         h.last_flush_at.store(now, Ordering::Relaxed);
     }
-    h.attempts.store(0, Ordering::Relaxed);
-    h.head.fetch_add(n as u64, Ordering::AcqRel);
+    s.attempts.store(0, Ordering::Relaxed);
+    s.cursor.fetch_add(n as u64, Ordering::AcqRel);
 }
 
 pub struct Statistics {
     pub queued: u64,
     pub written: u64,
-    pub dropped: u64,
+    /// By cause, indexed by `Cause as usize`.
+    pub dropped: [u64; CAUSES],
     pub pending: u64,
     pub last_flush_at: Option<i64>,
     pub writer_running: bool,
 }
 
+impl Statistics {
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    pub fn dropped(&self, cause: Cause) -> u64 {
+        self.dropped[cause as usize]
+    }
+}
+
 pub fn statistics() -> Statistics {
     match header() {
-        None => Statistics {
-            queued: 0,
-            written: 0,
-            dropped: UNQUEUED.load(Ordering::Relaxed),
-            pending: 0,
-            last_flush_at: None,
-            writer_running: false,
-        },
+        None => {
+            let mut dropped = [0; CAUSES];
+            dropped[Cause::NoWriter as usize] = UNQUEUED.load(Ordering::Relaxed);
+            Statistics { queued: 0, written: 0, dropped, pending: 0, last_flush_at: None, writer_running: false }
+        }
         Some(h) => {
             let last = h.last_flush_at.load(Ordering::Relaxed);
             Statistics {
                 queued: h.queued.load(Ordering::Relaxed),
                 written: h.written.load(Ordering::Relaxed),
-                dropped: h.dropped.load(Ordering::Relaxed),
-                pending: h.tail.load(Ordering::Acquire).saturating_sub(h.head.load(Ordering::Acquire)),
+                dropped: std::array::from_fn(|i| h.dropped[i].load(Ordering::Relaxed)),
+                pending: h.tail.load(Ordering::Acquire).saturating_sub(head(h)),
                 last_flush_at: (last != 0).then_some(last),
-                writer_running: h.worker_pid.load(Ordering::Acquire) != 0,
+                writer_running: writers(h).iter().any(|s| s.pid.load(Ordering::Acquire) != 0),
             }
         }
     }

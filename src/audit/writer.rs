@@ -1,7 +1,10 @@
-//! The audit writer: a background worker that drains the queue into
-//! `entitlements.entitlement_checks`, one INSERT of a whole batch per transaction, in its own
-//! transactions (so the callers' rollbacks and read-only transactions do not matter).
-//! Postgres restarts it a second after it dies, and with everything else after a crash.
+//! The audit writers: one dynamic background worker per database with audited checks,
+//! started by that database's first check, that stores its database's records from the
+//! queue into `entitlements.entitlement_checks`, one INSERT of a whole batch per transaction,
+//! in its own transactions (so the callers' rollbacks and read-only transactions do not
+//! matter). Postgres restarts a writer a second after it is terminated or fails; a writer
+//! leaves by itself when its database has had no records for a while, loses the extension,
+//! or is being dropped.
 //!
 //! It connects as the bootstrap superuser (a background worker cannot log in as a NOLOGIN
 //! role on PostgreSQL 15), but stores rows as the role `entitlements_audit_writer`, which may
@@ -10,7 +13,6 @@
 
 use super::queue;
 use super::record::Record;
-use crate::gucs;
 use crate::resolver::Reason;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::datum::DatumWithOid;
@@ -54,27 +56,77 @@ SELECT pg_catalog.unnest($1::pg_catalog.timestamptz[]), pg_catalog.unnest($2::pg
 // (unnest in the select list zips the arrays without materialising them: about 20% less
 // CPU per row than `SELECT * FROM unnest(...)`, measured.)
 
-/// Register the static worker; only from `_PG_init` during shared_preload_libraries.
-pub fn register() {
-    BackgroundWorkerBuilder::new("pg_entitlements audit writer")
+/// How long a writer stays without a record of its database before it leaves (freeing its
+/// slot and its connection; the next check there starts it again).
+const IDLE_EXIT: Duration = Duration::from_secs(10);
+/// How long DROP DATABASE waits for the database's writer to leave.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `bgw_main_arg`: the slot, the claim's generation and the database, so that a worker the
+/// postmaster restarts (after a termination, or a crash restart) finds out whether the slot
+/// is still its own.
+fn encode(slot: usize, generation: u32, db: u32) -> pg_sys::Datum {
+    pg_sys::Datum::from(((db as u64) << 32) | ((generation as u64 & 0xff_ffff) << 8) | slot as u64)
+}
+
+fn decode(arg: pg_sys::Datum) -> (usize, u32, u32) {
+    let v = arg.value() as u64;
+    ((v & 0xff) as usize, ((v >> 8) & 0xff_ffff) as u32, (v >> 32) as u32)
+}
+
+/// Register the writer of database `db` for `slot` (a backend calls it, under the queue
+/// lock, for the first check of a database without a writer). False when PostgreSQL has no
+/// background worker slot left (`max_worker_processes`).
+pub fn start(slot: usize, generation: u32, db: u32) -> bool {
+    let started = BackgroundWorkerBuilder::new(&format!("pg_entitlements audit writer for database {db}"))
         .set_type("pg_entitlements audit writer")
         .set_library("pg_entitlements")
         .set_function("pg_entitlements_audit_writer")
         .enable_spi_access()
+        .set_start_time(pgrx::bgworkers::BgWorkerStartTime::RecoveryFinished)
+        // A writer that exits with status 1 (terminated, or an ERROR) is started again by
+        // the postmaster a second later; status 0 (it left) ends it for good.
         .set_restart_time(Some(Duration::from_secs(1)))
-        .load();
+        .set_argument(Some(encode(slot, generation & 0xff_ffff, db)))
+        .load_dynamic()
+        .is_ok();
+    if !started {
+        warning!(
+            "pg_entitlements: could not start the audit writer of database {db}: no background worker slot is free; raise max_worker_processes"
+        );
+    }
+    started
+}
+
+thread_local! {
+    /// The slot this process serves, once it attached; None when it must not touch it.
+    static SERVING: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    static CONNECTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn pg_entitlements_audit_writer(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn pg_entitlements_audit_writer(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = gucs::AUDIT_DATABASE
-        .get()
-        .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "postgres".into());
-    // FATAL (and a restart a second later) if the database does not exist: logged each time.
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    let (slot, generation, db) = decode(arg);
+    // SAFETY: MyLatch and MyProcPid are set at process start; MyLatch is this process's
+    // PGPROC latch, in shared memory. The exit callback, registered before anything can
+    // fail, takes the latch back before the PGPROC can be handed to another process.
+    let attached = unsafe {
+        pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0));
+        queue::attach(slot, generation, db, pg_sys::MyLatch, pg_sys::MyProcPid)
+    };
+    if !attached {
+        // Started for an earlier claim of the slot (the postmaster restarts a terminated
+        // writer, and registered workers survive a crash restart): not ours any more.
+        // SAFETY: ends the process; status 0 unregisters the worker.
+        unsafe { pg_sys::proc_exit(0) };
+    }
+    SERVING.with(|s| s.set(Some(slot)));
+    // A database dropped meanwhile ends the worker here with a FATAL: the exit callback
+    // then frees the slot, and the restarted worker finds it is not its own and leaves.
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    CONNECTED.with(|c| c.set(true));
     // The writer's whole life runs with search_path pinned (the statements are qualified
     // too): a function or operator planted in a schema of the database is never chosen.
     // SAFETY: the documented way to set a GUC for this process; static NUL-terminated values.
@@ -87,86 +139,188 @@ pub extern "C-unwind" fn pg_entitlements_audit_writer(_arg: pg_sys::Datum) {
         );
     }
     super::permit_writer();
-    // SAFETY: MyDatabaseId, MyLatch and MyProcPid are set once the connection is initialised;
-    // MyLatch is this process's PGPROC latch, in shared memory. The exit callback takes the
-    // latch back before the PGPROC can be handed to another process.
-    unsafe {
-        pg_sys::before_shmem_exit(Some(retract), pg_sys::Datum::from(0));
-        queue::publish_writer(pg_sys::MyDatabaseId, pg_sys::MyLatch, pg_sys::MyProcPid);
-    }
-    log!("pg_entitlements audit writer started for database \"{database}\"");
+    log!("pg_entitlements audit writer started for database {db}");
 
     let mut batch = Vec::with_capacity(BATCH);
+    let mut last_record = std::time::Instant::now();
     while BackgroundWorker::wait_latch(Some(TICK)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: the documented way for a worker to re-read postgresql.conf on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        drain(&mut batch);
+        let drained = drain(slot, db, &mut batch);
+        queue::report_drops();
+        if drained.stored_any {
+            last_record = std::time::Instant::now();
+        }
+        let why = if drained.extension_missing {
+            // Nothing of this database can be stored until the extension is created again,
+            // which starts a writer again on the first check.
+            Some(("the extension is not installed in its database", true))
+        } else if queue::leave_requested(slot) {
+            Some(("its database is being dropped", true))
+        } else if last_record.elapsed() >= IDLE_EXIT {
+            Some(("it had no records to store", false))
+        } else {
+            None
+        };
+        if let Some((why, force)) = why {
+            if queue::release(slot, force) {
+                SERVING.with(|s| s.set(None));
+                log!("pg_entitlements audit writer for database {db} leaving: {why}");
+                // SAFETY: status 0: the postmaster forgets the worker.
+                unsafe { pg_sys::proc_exit(0) };
+            }
+        }
     }
     // SIGTERM: a shutdown, or pg_terminate_backend (maintenance scripts, DROP DATABASE ...
     // WITH (FORCE)). Store what is already queued, then exit with status 1: PostgreSQL
-    // restarts a worker that exits non-zero after its restart time, and starts none while it
-    // shuts down, so a terminated writer comes back and a shutdown still ends it (exit 0
-    // would mean "done" and leave the audit off until the next server start).
-    drain(&mut batch);
-    log!("pg_entitlements audit writer for database \"{database}\" stopping (terminated); it restarts unless the server is shutting down");
-    // SAFETY: proc_exit runs the exit callbacks (retract above) and ends the process.
+    // restarts the worker after its restart time, and starts none while it shuts down, so
+    // a terminated writer comes back (its slot keeps its cursor meanwhile) and a shutdown
+    // still ends it.
+    drain(slot, db, &mut batch);
+    log!("pg_entitlements audit writer for database {db} stopping (terminated); it restarts unless the server is shutting down");
+    // SAFETY: proc_exit runs the exit callbacks (on_exit below) and ends the process.
     unsafe { pg_sys::proc_exit(1) };
 }
 
+/// Every exit of a writer that holds its slot: one that connected keeps the slot for its
+/// restart (terminated, or an ERROR); one that could not connect (its database is gone)
+/// frees it.
 #[pg_guard]
-unsafe extern "C-unwind" fn retract(_code: i32, _arg: pg_sys::Datum) {
-    queue::retract_writer();
-}
-
-/// Write everything queued now, batch by batch.
-fn drain(batch: &mut Vec<Record>) {
-    loop {
-        queue::peek(BATCH, batch);
-        if batch.is_empty() {
-            return;
-        }
-        // SAFETY: set when the connection was initialised, constant afterwards.
-        let ours = unsafe { pg_sys::MyDatabaseId }.to_u32();
-        let rows: Vec<Record> = batch.iter().filter(|r| r.database_oid == ours).copied().collect();
-        let written = if rows.is_empty() {
-            0
-        } else if queue::note_attempt() > MAX_ATTEMPTS {
-            warning!(
-                "pg_entitlements: dropping {} audit records whose INSERT failed {MAX_ATTEMPTS} times",
-                batch.len()
-            );
-            0
-        } else {
-            BackgroundWorker::transaction(|| write(&rows))
-        };
-        queue::consume(batch.len(), written, crate::pgutil::now());
+unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
+    let Some(slot) = SERVING.with(|s| s.take()) else { return };
+    if CONNECTED.with(|c| c.get()) {
+        queue::detach(slot);
+    } else {
+        queue::release(slot, true);
     }
 }
 
-/// Store a batch as the writer role; returns the rows stored. 0 when the extension is not
+struct Drained {
+    stored_any: bool,
+    extension_missing: bool,
+}
+
+/// Write every record of our database queued now, batch by batch, skipping the others'.
+fn drain(slot: usize, db: u32, batch: &mut Vec<Record>) -> Drained {
+    let mut out = Drained { stored_any: false, extension_missing: false };
+    loop {
+        queue::peek(slot, BATCH, batch);
+        if batch.is_empty() {
+            return out;
+        }
+        let rows: Vec<Record> = batch.iter().filter(|r| r.database_oid == db).copied().collect();
+        let (written, dropped, cause) = if rows.is_empty() {
+            (0, 0, queue::Cause::NoWriter)
+        } else if queue::note_attempt(slot) > MAX_ATTEMPTS {
+            warning!(
+                "pg_entitlements: dropping {} audit records whose INSERT failed {MAX_ATTEMPTS} times",
+                rows.len()
+            );
+            (0, rows.len() as u64, queue::Cause::Refused)
+        } else {
+            out.stored_any = true;
+            match BackgroundWorker::transaction(|| write(&rows)) {
+                Some(written) => (written, rows.len() as u64 - written, queue::Cause::Refused),
+                None => {
+                    out.extension_missing = true;
+                    (0, rows.len() as u64, queue::Cause::NoWriter)
+                }
+            }
+        };
+        queue::consume(slot, batch.len(), written, dropped, cause, crate::pgutil::now());
+    }
+}
+
+/// Ask the writer of the database DROP DATABASE is about to drop to leave, and wait for it
+/// (at most LEAVE_TIMEOUT): an idle writer must not hold the database open.
+fn before_drop_database(dbname: *const std::ffi::c_char) {
+    // SAFETY: a catalog lookup inside the DROP's transaction; missing_ok returns InvalidOid.
+    let db = unsafe { pg_sys::get_database_oid(dbname, true) }.to_u32();
+    if db == 0 || !queue::ask_to_leave(db) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + LEAVE_TIMEOUT;
+    while queue::serving(db) && std::time::Instant::now() < deadline {
+        // SAFETY: waits on this backend's own latch with a timeout; WL_EXIT_ON_PM_DEATH ends
+        // the backend if the postmaster dies; interrupts (cancel) are honoured.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                10,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pg_sys::check_for_interrupts!();
+    }
+}
+
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+/// Install the DROP DATABASE hook; only from `_PG_init` during shared_preload_libraries.
+pub fn install_hooks() {
+    // SAFETY: _PG_init runs once per process, single-threaded; the previous hook is kept
+    // and called from ours.
+    unsafe {
+        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: PostgreSQL passes a valid PlannedStmt whose utilityStmt is a Node; a node
+    // tagged T_DropdbStmt is a DropdbStmt. The previous hook (or the standard function) gets
+    // the arguments unchanged.
+    unsafe {
+        let stmt = (*pstmt).utilityStmt;
+        if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_DropdbStmt {
+            before_drop_database((*stmt.cast::<pg_sys::DropdbStmt>()).dbname);
+        }
+        match PREV_PROCESS_UTILITY {
+            Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+            None => pg_sys::standard_ProcessUtility(
+                pstmt, query_string, read_only_tree, context, params, query_env, dest, qc,
+            ),
+        }
+    }
+}
+
+/// Store a batch as the writer role; returns the rows stored, None when the extension is not
 /// installed in this database (the records are then counted as dropped). A row PostgreSQL
 /// refuses for its data is set apart (logged, counted as dropped) and the others are stored;
 /// any other failure is an ERROR: the worker exits, the batch stays queued and the restarted
 /// worker retries it (MAX_ATTEMPTS times).
-fn write(rows: &[Record]) -> u64 {
+fn write(rows: &[Record]) -> Option<u64> {
     let table = Spi::get_one::<pg_sys::Oid>(
         "SELECT pg_catalog.to_regclass('entitlements.entitlement_checks')::pg_catalog.oid",
     );
-    let Ok(Some(table)) = table else { return 0 };
+    let Ok(Some(table)) = table else { return None };
     // SAFETY: syscache lookups inside the transaction; missing_ok / InvalidAttrNumber.
     let (shape, role) = unsafe {
         let current = pg_sys::get_attnum(table, c"connection_addr".as_ptr()) != pg_sys::InvalidAttrNumber as i16;
         (if current { Shape::Current } else { Shape::V0_1 }, pg_sys::get_role_oid(WRITER_ROLE.as_ptr(), true))
     };
-    if role == pg_sys::InvalidOid {
+    Some(if role == pg_sys::InvalidOid {
         // Only until ALTER EXTENSION ... UPDATE creates the role: the statement is qualified
         // and runs under a pinned search_path either way.
         store(rows, shape)
     } else {
         as_role(role, || store(rows, shape))
-    }
+    })
 }
 
 /// Which INSERT the database's audit table takes.
