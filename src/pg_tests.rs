@@ -11,6 +11,35 @@ mod tests {
         Spi::get_one::<T>(sql).expect(sql)
     }
 
+    /// The resolver's status list is the one list: the table's CHECK constraint and
+    /// sync_billing_state's validation must accept exactly it.
+    #[pg_test]
+    fn the_sql_status_lists_equal_the_resolvers() {
+        let ours: Vec<&str> = crate::resolver::Status::ALL.iter().map(|(n, _)| *n).collect();
+        for status in &ours {
+            let ws = "'00000000-0000-0000-0000-0000000000aa'";
+            Spi::run(&format!("SELECT entitlements.sync_billing_state({ws}, 'pro', '{status}')")).expect(status);
+        }
+        // The constraint's text lists the accepted values; compare them as a set.
+        let def = one::<String>(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+              WHERE conrelid = 'entitlements.billing_state'::regclass AND contype = 'c'
+                AND pg_get_constraintdef(oid) LIKE '%status%'",
+        )
+        .unwrap();
+        let mut in_sql: Vec<String> =
+            def.split('\'').skip(1).step_by(2).map(str::to_owned).collect();
+        in_sql.sort();
+        let mut expected: Vec<String> = ours.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        assert_eq!(in_sql, expected, "{def}");
+    }
+
+    #[pg_test(error = "pg_entitlements: unknown status \"ended\"")]
+    fn a_status_outside_the_list_is_refused() {
+        let _ = Spi::run("SELECT entitlements.sync_billing_state('00000000-0000-0000-0000-0000000000ab', 'pro', 'ended')");
+    }
+
     #[pg_test]
     fn catalog_is_seeded_with_five_tiers_and_fourteen_features() {
         assert_eq!(one::<i64>("SELECT count(*) FROM entitlements.tiers"), Some(5));

@@ -90,6 +90,12 @@ impl Status {
     pub fn parse(s: &str) -> Option<Status> {
         Status::ALL.iter().find(|(name, _)| *name == s).map(|(_, st)| *st)
     }
+
+    /// A subscription status as Stripe sends it: every status but `none`, which is ours (a
+    /// tier set by an admin, no subscription).
+    pub fn parse_stripe(s: &str) -> Option<Status> {
+        Status::parse(s).filter(|st| *st != Status::None)
+    }
 }
 
 /// A workspace's billing state as the resolver needs it.

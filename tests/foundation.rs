@@ -333,3 +333,23 @@ fn the_readme_rls_policy_shows_a_member_exactly_the_entitled_workspaces_rows() {
     // SET LOCAL ended with the transaction: with no identity the policy refuses (28000).
     assert_eq!(sqlstate(&mut app, "SELECT count(*) FROM public.reports"), "28000");
 }
+
+#[test]
+fn the_matrix_follows_the_clock_without_any_refresh() {
+    let pg = Cluster::start("matrix-clock");
+    let mut c = pg.connect();
+    let ws = new_workspace(&mut c);
+    exec(&mut c, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'trialing', clock_timestamp() + interval '2 seconds')"));
+    let row = |c: &mut Client| -> (bool, Option<String>) {
+        let r = c
+            .query_one(&format!("SELECT enabled, reason FROM entitlements.entitlements WHERE workspace_id = {ws} AND feature = 'ccp-05'"), &[])
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(row(&mut c), (true, None));
+    // The trial ends; nothing refreshes anything.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(row(&mut c), (false, Some("TRIAL_EXPIRED".to_owned())));
+    assert_eq!(check(&mut c, &ws, "ccp-05"), (false, Some("TRIAL_EXPIRED".to_owned())));
+}
+

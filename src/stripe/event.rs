@@ -57,17 +57,6 @@ pub struct InvoiceFacts {
     pub subscription: Option<String>,
 }
 
-/// Stripe's subscription statuses (API reference, `subscription.status`).
-pub const SUBSCRIPTION_STATUSES: [&str; 8] = [
-    "trialing",
-    "active",
-    "past_due",
-    "canceled",
-    "unpaid",
-    "incomplete",
-    "incomplete_expired",
-    "paused",
-];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventError {
@@ -189,7 +178,8 @@ pub fn subscription_facts(obj: &Value) -> Result<SubscriptionFacts, EventError> 
     let id = required_str(o, "id", "id")?;
     let customer = optional_id(o, "customer", "customer")?;
     let status = required_str(o, "status", "status")?;
-    if !SUBSCRIPTION_STATUSES.contains(&status.as_str()) {
+    // The resolver's list is the one list of statuses (Stripe's, plus our `none`).
+    if crate::resolver::Status::parse_stripe(&status).is_none() {
         return Err(EventError::UnknownStatus);
     }
     let trial_end = optional_time(o, "trial_end", "trial_end")?;
@@ -823,12 +813,14 @@ mod tests {
 
     #[test]
     fn every_stripe_status_accepted_and_others_rejected() {
-        for s in SUBSCRIPTION_STATUSES {
+        let stripe_statuses = crate::resolver::Status::ALL.iter().map(|(n, _)| *n).filter(|n| *n != "none");
+        assert_eq!(stripe_statuses.clone().count(), 8, "Stripe's subscription statuses (API reference)");
+        for s in stripe_statuses {
             let f =
                 subscription_facts(&json!({"id": "sub", "object": "subscription", "status": s}));
             assert_eq!(f.unwrap().status, s);
         }
-        for s in ["", "Active", "cancelled", "ended"] {
+        for s in ["", "Active", "cancelled", "ended", "none"] {
             let f =
                 subscription_facts(&json!({"id": "sub", "object": "subscription", "status": s}));
             assert_eq!(f, Err(EventError::UnknownStatus), "{s}");

@@ -274,9 +274,10 @@ impl PgBouncer {
             .status()
             .expect("run /usr/sbin/pgbouncer (scripts/setup.sh installs it)");
         assert!(status.success(), "pgbouncer did not start:\n{}", bouncer.log());
-        // Ready when it accepts connections (it binds its port as it starts).
+        // Ready when it accepts connections (it binds its port as it starts) and has written its
+        // pid file (the daemon may do that just after it listens).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || bouncer.pid().is_none() {
             assert!(std::time::Instant::now() < deadline, "pgbouncer does not listen:\n{}", bouncer.log());
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
