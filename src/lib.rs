@@ -21,6 +21,7 @@ mod errors;
 mod gucs;
 mod identity;
 mod pgutil;
+mod shmem;
 mod replica;
 mod spi_read;
 pub mod resolver;

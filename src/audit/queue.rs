@@ -146,27 +146,22 @@ unsafe extern "C-unwind" fn shmem_request() {
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn shmem_startup() {
     // SAFETY: runs in the postmaster (and again after a crash restart) with the space and
-    // tranche requested above. AddinShmemInitLock (MainLWLockArray[21], as pgrx's own
-    // PgLwLock uses it) serialises initialisation; `found` tells us whether to initialise.
+    // tranche requested above; shmem::init_segment creates it under AddinShmemInitLock and
+    // initialises it once.
     // Every field of the header is valid when zeroed (atomics, null pointers, FREE slots).
     unsafe {
         if let Some(prev) = PREV_SHMEM_STARTUP_HOOK {
             prev();
         }
         let capacity = capacity_setting();
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut found = false;
-        let header =
-            pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), segment_size(capacity), &mut found).cast::<Header>();
-        if !found {
-            std::ptr::write_bytes(header.cast::<u8>(), 0, std::mem::size_of::<Header>());
+        let header = crate::shmem::init_segment(SEGMENT, segment_size(capacity), |base| {
+            let header = base.cast::<Header>();
             (*header).lock = &raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock;
             (*header).capacity = capacity as u64;
             (*header).max_writers = (gucs::AUDIT_MAX_DATABASES.get().max(1) as usize).min(MAX_WRITERS);
-        }
+        })
+        .cast::<Header>();
         QUEUE.store(header, Ordering::Release);
-        pg_sys::LWLockRelease(init_lock);
     }
 }
 

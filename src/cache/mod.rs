@@ -149,28 +149,22 @@ unsafe extern "C-unwind" fn shmem_request() {
 #[pg_guard]
 unsafe extern "C-unwind" fn shmem_startup() {
     // SAFETY: the postmaster (or a standalone backend) calls this with shared memory mapped;
-    // AddinShmemInitLock serialises segment creation as PostgreSQL requires.
+    // shmem::init_segment creates the segment under AddinShmemInitLock.
     unsafe {
         if let Some(prev) = PREV_SHMEM_STARTUP {
             prev();
         }
         let capacity = capacity_for(gucs::CACHE_SIZE.get());
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut found = false;
-        let base = pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), segment_size(capacity), &mut found);
-        let shared = base.cast::<Shared>();
-        let slots = base
-            .cast::<u8>()
-            .add(std::mem::size_of::<Shared>().next_multiple_of(std::mem::align_of::<Slot>()))
-            .cast::<Slot>();
-        if !found {
+        let base = crate::shmem::init_segment(SEGMENT, segment_size(capacity), |base| {
             // All-zero is an empty slot and a zero counter.
-            std::ptr::write_bytes(base.cast::<u8>(), 0, segment_size(capacity));
+            let shared = base.cast::<Shared>();
             (*shared).capacity = capacity;
             (*shared).locks = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
-        }
-        pg_sys::LWLockRelease(init_lock);
+        });
+        let shared = base.cast::<Shared>();
+        let slots = base
+            .add(std::mem::size_of::<Shared>().next_multiple_of(std::mem::align_of::<Slot>()))
+            .cast::<Slot>();
         SHARED = shared;
         SLOTS = slots;
     }
