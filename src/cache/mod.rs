@@ -26,12 +26,16 @@
 
 pub mod functions;
 pub mod table;
+mod visibility;
 
-use crate::{errors, gucs};
-use pgrx::callbacks::{register_xact_callback, PgXactCallbackEvent};
+pub use visibility::{
+    in_changed_transaction, note_change, note_workspace_statement, note_workspaces, read_decision_inputs,
+    with_latest_snapshot,
+};
+
+use crate::gucs;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::cell::Cell;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use table::{Entry, Inserted, Key, Slot, Validity};
@@ -42,7 +46,7 @@ const PARTITIONS: usize = 16;
 /// fewer workspaces than buckets, a change invalidates about one workspace.
 const GENERATIONS: usize = 16_384;
 /// A transaction that changed more workspaces than this invalidates everything instead.
-const MAX_CHANGED_BUCKETS: usize = 1024;
+pub(super) const MAX_CHANGED_BUCKETS: usize = 1024;
 const SEGMENT: &CStr = c"pg_entitlements cache";
 const TRANCHE: &CStr = c"pg_entitlements cache";
 
@@ -66,37 +70,6 @@ static mut SHARED: *mut Shared = std::ptr::null_mut();
 static mut SLOTS: *mut Slot = std::ptr::null_mut();
 static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
 static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
-
-thread_local! {
-    /// This transaction changed an input table: bypass the cache until it ends.
-    static DIRTY: Cell<bool> = const { Cell::new(false) };
-    /// The input tables' OIDs in this database, once looked up.
-    static WATCHED: Cell<Option<[pg_sys::Oid; 5]>> = const { Cell::new(None) };
-    /// What they were before the last namespace change (a second look-up compares).
-    static PREVIOUS: Cell<Option<[pg_sys::Oid; 5]>> = const { Cell::new(None) };
-    /// How many times this backend has looked the tables up.
-    static PREVIOUS_LOOKUPS: Cell<u32> = const { Cell::new(0) };
-    /// What this transaction's commit invalidates: everything, or these buckets' workspaces.
-    static CHANGED: std::cell::RefCell<Changed> = const { std::cell::RefCell::new(Changed::none()) };
-}
-
-/// The changes of the current transaction, as the commit callback invalidates them.
-struct Changed {
-    /// A catalog change, a TRUNCATE, or too many workspaces: invalidate everything.
-    everything: bool,
-    /// Statements on a per-workspace input table whose AFTER trigger (which names the
-    /// workspaces) has not run yet. Not zero at commit (a statement whose workspaces were
-    /// never named): invalidate everything.
-    unnamed_statements: i64,
-    /// Generation buckets of the workspaces named so far (sorted, distinct).
-    buckets: Vec<u32>,
-}
-
-impl Changed {
-    const fn none() -> Changed {
-        Changed { everything: false, unnamed_statements: 0, buckets: Vec::new() }
-    }
-}
 
 fn capacity_for(size: i32) -> usize {
     (size.max(0) as usize).max(PARTITIONS * table::PROBE).next_power_of_two()
@@ -125,10 +98,10 @@ pub fn init() {
         pg_sys::shmem_request_hook = Some(shmem_request);
         PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
         pg_sys::shmem_startup_hook = Some(shmem_startup);
-        pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0));
+        pg_sys::CacheRegisterRelcacheCallback(Some(visibility::on_relcache_invalidation), pg_sys::Datum::from(0));
         pg_sys::CacheRegisterSyscacheCallback(
             pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
-            Some(on_namespace_change),
+            Some(visibility::on_namespace_change),
             pg_sys::Datum::from(0),
         );
     }
@@ -180,7 +153,7 @@ pub fn enabled() -> bool {
     shared().is_some()
 }
 
-fn bucket_of(database: u32, workspace: &[u8; 16]) -> usize {
+pub(super) fn bucket_of(database: u32, workspace: &[u8; 16]) -> usize {
     table::generation_bucket(database, workspace, GENERATIONS)
 }
 
@@ -192,161 +165,16 @@ fn version(shared: &Shared, bucket: usize) -> u64 {
 }
 
 /// Every entry stored so far is stale.
-fn invalidate_all() {
+pub(super) fn invalidate_all() {
     if let Some(s) = shared() {
         s.epoch.fetch_add(1, Ordering::SeqCst);
         s.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Whether this transaction changed a decision input (it then reads its own changes,
-/// uncached).
-pub fn in_changed_transaction() -> bool {
-    DIRTY.with(Cell::get)
-}
-
-/// Read decision inputs the way the module comment says: from the latest committed state
-/// (a snapshot taken now), unless this transaction changed inputs itself, then from its own
-/// view. Every read a decision or a membership answer is computed from goes through here.
-pub fn read_decision_inputs<R>(read: impl FnOnce(crate::spi_read::Snapshot) -> R) -> R {
-    use crate::spi_read::Snapshot;
-    if in_changed_transaction() {
-        read(Snapshot::OwnChanges)
-    } else {
-        with_latest_snapshot(|| read(Snapshot::Active))
-    }
-}
-
-/// Run `f` (decision reads) under a snapshot taken now: see the module comment.
-pub fn with_latest_snapshot<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: pushes a copy of a fresh snapshot; popped below. Should `f` raise an ERROR,
-    // (sub)transaction abort pops it.
-    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
-    let r = f();
-    unsafe { pg_sys::PopActiveSnapshot() };
-    r
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    // On the primary the writers' commit callbacks already invalidated; the messages matter
-    // on a standby only.
-    // SAFETY: RecoveryInProgress reads shared state; safe in any backend.
-    if !unsafe { pg_sys::RecoveryInProgress() } {
-        return;
-    }
-    let Some(watched) = WATCHED.with(Cell::get) else { return };
-    if relid == pg_sys::InvalidOid || watched.contains(&relid) {
-        invalidate_all();
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_namespace_change(_arg: pg_sys::Datum, _cacheid: i32, _hash: u32) {
-    // Any namespace change (a GRANT on some schema, too) lands here. Look the tables up again
-    // on next use; only if their identity changed (the extension was dropped and created
-    // again) does the cache start over.
-    if let Some(oids) = WATCHED.with(Cell::take) {
-        PREVIOUS.with(|p| p.set(Some(oids)));
-    }
-}
-
-/// Look up the input tables, once per backend (and again after a schema change).
-fn ensure_watched() -> bool {
-    if WATCHED.with(Cell::get).is_some() {
-        return true;
-    }
-    // SAFETY: syscache lookups inside a transaction, with static NUL-terminated names.
-    let oids = unsafe {
-        let ns = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
-        if ns == pg_sys::InvalidOid {
-            return false;
-        }
-        [c"billing_state", c"overrides", c"features", c"tiers", c"workspace_members"]
-            .map(|name| pg_sys::get_relname_relid(name.as_ptr(), ns))
-    };
-    WATCHED.with(|w| w.set(Some(oids)));
-    // A standby backend cannot know which messages it missed before it joined; after a
-    // namespace change, the tables may belong to a new incarnation of the extension. Either
-    // way, start clean; a namespace change that left the tables as they were changes nothing.
-    let replaced = PREVIOUS.with(Cell::take).is_some_and(|before| before != oids);
-    // SAFETY: as above.
-    let first_on_standby = PREVIOUS_LOOKUPS.with(|n| n.replace(n.get() + 1)) == 0
-        && unsafe { pg_sys::RecoveryInProgress() };
-    if first_on_standby || replaced {
-        invalidate_all();
-    }
-    true
-}
-
-/// The writer's side, common to every change: mark the transaction changed (it bypasses the
-/// cache until it ends) and queue the relcache message that carries the change to standby
-/// backends (WAL-logged with the commit, discarded on rollback).
-fn mark_changed(relid: pg_sys::Oid) {
-    // SAFETY: queues an invalidation message in the current transaction.
-    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
-    if DIRTY.with(Cell::get) {
-        return;
-    }
-    DIRTY.with(|d| d.set(true));
-    register_xact_callback(PgXactCallbackEvent::Commit, || {
-        DIRTY.with(|d| d.set(false));
-        let changed = CHANGED.with(|c| c.replace(Changed::none()));
-        if changed.everything || changed.unnamed_statements != 0 {
-            invalidate_all();
-        } else {
-            invalidate_buckets(&changed.buckets);
-        }
-    });
-    register_xact_callback(PgXactCallbackEvent::Abort, || {
-        DIRTY.with(|d| d.set(false));
-        CHANGED.with(|c| *c.borrow_mut() = Changed::none());
-    });
-    register_xact_callback(PgXactCallbackEvent::PrePrepare, || errors::prepare_after_change());
-}
-
-/// A statement is about to change an input of every workspace (the catalog), or rows it
-/// will not name (TRUNCATE): its commit invalidates everything.
-pub fn note_change(relid: pg_sys::Oid) {
-    mark_changed(relid);
-    CHANGED.with(|c| c.borrow_mut().everything = true);
-}
-
-/// A statement is about to change rows of a per-workspace input (billing_state, overrides,
-/// workspace_members); its AFTER trigger will name the workspaces.
-pub fn note_workspace_statement(relid: pg_sys::Oid) {
-    mark_changed(relid);
-    CHANGED.with(|c| c.borrow_mut().unnamed_statements += 1);
-}
-
-/// The AFTER trigger of such a statement: the workspaces of the rows it changed (old and new
-/// rows), or `None` when there were too many to list.
-pub fn note_workspaces(relid: pg_sys::Oid, workspaces: Option<&[[u8; 16]]>) {
-    mark_changed(relid);
-    let db = database();
-    CHANGED.with(|c| {
-        let mut c = c.borrow_mut();
-        c.unnamed_statements -= 1;
-        let Some(workspaces) = workspaces.filter(|w| w.len() <= MAX_CHANGED_BUCKETS) else {
-            c.everything = true;
-            return;
-        };
-        if c.everything {
-            return;
-        }
-        c.buckets.extend(workspaces.iter().map(|w| bucket_of(db, w) as u32));
-        c.buckets.sort_unstable();
-        c.buckets.dedup();
-        if c.buckets.len() > MAX_CHANGED_BUCKETS {
-            c.everything = true;
-            c.buckets = Vec::new();
-        }
-    });
-}
-
 /// Entries of these buckets' workspaces are stale (the commit callback, after the commit is
 /// visible).
-fn invalidate_buckets(buckets: &[u32]) {
+pub(super) fn invalidate_buckets(buckets: &[u32]) {
     if let Some(s) = shared() {
         for &b in buckets {
             s.generations[b as usize].fetch_add(1, Ordering::SeqCst);
@@ -397,7 +225,7 @@ pub fn workspace_version(workspace: &[u8; 16]) -> Option<u64> {
 /// valid while it stays the same.
 pub fn current_epoch() -> Option<(&'static Shared, u64)> {
     let shared = shared()?;
-    if !gucs::CACHE_ENABLED.get() || DIRTY.with(Cell::get) {
+    if !gucs::CACHE_ENABLED.get() || in_changed_transaction() {
         return None;
     }
     // SAFETY: reads backend-local transaction state.
@@ -405,7 +233,7 @@ pub fn current_epoch() -> Option<(&'static Shared, u64)> {
         pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId
             && pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32
     };
-    if old_snapshot || !ensure_watched() {
+    if old_snapshot || !visibility::ensure_watched() {
         return None;
     }
     // A backend inside a long transaction may not have processed pending messages yet.
