@@ -31,10 +31,15 @@ pub fn require<T>(value: Option<T>, name: &str) -> T {
 /// `pg_catalog`'s, and `pg_temp` is searched for relations only (and last).
 pub const PINNED_SEARCH_PATH: &CStr = c"pg_catalog, pg_temp";
 
-/// Run `f` with `search_path` pinned to [`PINNED_SEARCH_PATH`], restored afterwards: the
-/// same GUC nest level a function's `SET search_path` clause uses. An ERROR inside `f`
-/// aborts the (sub)transaction, which restores the setting itself.
+/// Run `f` with `search_path` pinned to [`PINNED_SEARCH_PATH`], restored afterwards.
 pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
+    with_setting(c"search_path", PINNED_SEARCH_PATH, f)
+}
+
+/// Run `f` with the setting `name` at `value`, restored afterwards: the GUC nest level a
+/// function's `SET` clause uses. An ERROR inside `f` aborts the (sub)transaction, which
+/// restores the setting itself.
+pub fn with_setting<R>(name: &CStr, value: &CStr, f: impl FnOnce() -> R) -> R {
     struct Restore(i32);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -47,12 +52,12 @@ pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
     }
     // SAFETY: NewGUCNestLevel and set_config_option are valid inside a transaction, which
     // every caller (an SQL function, the writer's transaction) is in. GUC_ACTION_SAVE ties
-    // the value to the nest level, so AtEOXact_GUC restores the caller's search_path.
+    // the value to the nest level, so AtEOXact_GUC restores the caller's value.
     let _restore = unsafe {
         let level = pg_sys::NewGUCNestLevel();
         pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            PINNED_SEARCH_PATH.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
             pg_sys::GucAction::GUC_ACTION_SAVE,
@@ -63,4 +68,21 @@ pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
         Restore(level)
     };
     f()
+}
+
+/// Sleep on this backend's latch for up to `ms` milliseconds (a wake-up ends it sooner), then
+/// honour interrupts (cancel, terminate). Postmaster death ends the process.
+pub fn wait_on_latch(ms: i64) {
+    // SAFETY: waits on this backend's own latch with a timeout; WL_EXIT_ON_PM_DEATH ends the
+    // backend if the postmaster dies.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pg_sys::check_for_interrupts!();
 }

@@ -66,18 +66,7 @@ pub fn await_min_lsn() {
         // PostgreSQL 15 has no wake-up for backends waiting on replay: poll every 10 ms,
         // interruptibly (a cancel or a shutdown ends the wait at once).
         let nap = (timeout - waited).min(std::time::Duration::from_millis(10));
-        // SAFETY: MyLatch is this backend's own latch; the flags ask to return on latch set,
-        // timeout, and to exit if the postmaster dies.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                nap.as_millis().max(1) as std::ffi::c_long,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        check_for_interrupts!();
+        crate::pgutil::wait_on_latch(nap.as_millis().max(1) as i64);
     }
 }
 

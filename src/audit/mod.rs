@@ -309,18 +309,7 @@ fn flush_audit() -> i64 {
             );
             return handled.saturating_sub(start) as i64;
         }
-        // SAFETY: waits on this backend's own latch with a timeout; WL_EXIT_ON_PM_DEATH ends
-        // the backend if the postmaster dies; interrupts (cancel, terminate) are honoured.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                10,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pg_sys::check_for_interrupts!();
+        crate::pgutil::wait_on_latch(10);
     }
 }
 

@@ -243,18 +243,7 @@ fn before_drop_database(dbname: *const std::ffi::c_char) {
     }
     let deadline = std::time::Instant::now() + LEAVE_TIMEOUT;
     while queue::serving(db) && std::time::Instant::now() < deadline {
-        // SAFETY: waits on this backend's own latch with a timeout; WL_EXIT_ON_PM_DEATH ends
-        // the backend if the postmaster dies; interrupts (cancel) are honoured.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                10,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pg_sys::check_for_interrupts!();
+        crate::pgutil::wait_on_latch(10);
     }
 }
 

@@ -296,29 +296,13 @@ static LOCK_CUSTOMER_0_1: Stmt = Stmt {
 fn with_lock_timeout(customer: &str, f: impl FnOnce()) {
     let timeout = std::ffi::CString::new(format!("{}ms", crate::gucs::STRIPE_LOCK_TIMEOUT.get()))
         .unwrap_or_else(|e| errors::internal(e));
-    // SAFETY: a GUC nest level inside the transaction, popped below (an ERROR pops it with
-    // the (sub)transaction abort); the value is a valid NUL-terminated lock_timeout.
-    let level = unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"lock_timeout".as_ptr(),
-            timeout.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        level
-    };
-    PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
-        .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |_| {
-            errors::stripe_customer_busy(customer, crate::gucs::STRIPE_LOCK_TIMEOUT.get())
-        })
-        .execute();
-    // SAFETY: pops the nest level pushed above.
-    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    crate::pgutil::with_setting(c"lock_timeout", &timeout, || {
+        PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
+            .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |_| {
+                errors::stripe_customer_busy(customer, crate::gucs::STRIPE_LOCK_TIMEOUT.get())
+            })
+            .execute()
+    });
 }
 
 static LINKS: Stmt = Stmt {
