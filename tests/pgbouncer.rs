@@ -192,11 +192,6 @@ fn counter(admin: &mut Client, sql: &str) -> i64 {
 }
 
 /// True while a process with this pid exists and has not exited.
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(") ").map_or(false, |(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
-}
 
 #[test]
 fn set_local_behind_pgbouncer_keeps_each_client_to_its_own_user() {
@@ -271,7 +266,7 @@ fn set_local_behind_pgbouncer_keeps_each_client_to_its_own_user() {
     drop(alice);
     drop(bob);
     drop(bouncer);
-    assert!(!running(bouncer_pid), "pgbouncer {bouncer_pid} still runs");
+    assert!(!process_alive(bouncer_pid), "pgbouncer {bouncer_pid} still runs");
 }
 
 #[test]

@@ -311,8 +311,9 @@ impl Drop for PgBouncer {
         let Some(pid) = self.pid() else { return };
         // SIGTERM: immediate shutdown (SIGINT would wait for clients to finish).
         let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        // Wait for the process itself (it removes its pid file before it is gone).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while self.pid() == Some(pid) {
+        while process_alive(pid) {
             if std::time::Instant::now() > deadline {
                 let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
                 break;
@@ -320,6 +321,14 @@ impl Drop for PgBouncer {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
+}
+
+/// Whether process `pid` exists and has not exited (an exited daemon waits to be reaped by
+/// init as a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 /// Run a PostgreSQL client program of the tests' PostgreSQL (pg_dump, psql, ...); panics with
