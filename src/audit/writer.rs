@@ -314,6 +314,9 @@ fn write(rows: &[Record]) -> Option<u64> {
         let current = pg_sys::get_attnum(table, c"connection_addr".as_ptr()) != pg_sys::InvalidAttrNumber as i16;
         (if current { Shape::Current } else { Shape::V0_1 }, pg_sys::get_role_oid(WRITER_ROLE.as_ptr(), true))
     };
+    if shape == Shape::Current {
+        maintain();
+    }
     Some(if role == pg_sys::InvalidOid {
         // Only until ALTER EXTENSION ... UPDATE creates the role: the statement is qualified
         // and runs under a pinned search_path either way.
@@ -321,6 +324,96 @@ fn write(rows: &[Record]) -> Option<u64> {
     } else {
         as_role(role, || store(rows, shape))
     })
+}
+
+thread_local! {
+    /// When the writer next makes sure the day partitions ahead exist (PG microseconds): the
+    /// next UTC midnight once they do, an hour later when that failed. Checked once per batch,
+    /// an integer comparison; the partitions made are remembered this way, not looked up.
+    static NEXT_PARTITION_CHECK: std::cell::Cell<i64> = const { std::cell::Cell::new(i64::MIN) };
+    /// When the writer next applies pg_entitlements.audit_retention (at most once an hour).
+    static NEXT_PRUNE: std::cell::Cell<i64> = const { std::cell::Cell::new(i64::MIN) };
+}
+
+const HOUR_US: i64 = 3_600_000_000;
+const DAY_US: i64 = 24 * HOUR_US;
+/// Days of partitions kept ready: today and the next two (a writer idle over a midnight, or
+/// restarted just before one, still finds the day's partition).
+const DAYS_AHEAD: i32 = 3;
+
+/// Partitions ahead and retention, as the superuser the writer connects as (creating and
+/// dropping partitions needs the table's owner), before the batch is stored in the same
+/// transaction, so that its rows land in their day's partition. Each step runs in a
+/// subtransaction of its own: a failure is logged and retried later, the batch is stored
+/// regardless.
+fn maintain() {
+    let now = crate::pgutil::now();
+    if now >= NEXT_PARTITION_CHECK.with(|c| c.get()) {
+        // PostgreSQL timestamps count from 2000-01-01 00:00 UTC, a midnight.
+        let next = match in_subtransaction(|| {
+            Spi::get_one_with_args::<i32>(
+                "SELECT entitlements.create_audit_partitions(
+                     (pg_catalog.now() AT TIME ZONE 'UTC')::pg_catalog.date, $1)",
+                &[DAYS_AHEAD.into()],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }) {
+            Ok(()) => now.div_euclid(DAY_US) * DAY_US + DAY_US,
+            Err(message) => {
+                warning!("pg_entitlements: could not create the audit partitions ahead (rows go to the DEFAULT partition meanwhile): {message}");
+                now + HOUR_US
+            }
+        };
+        NEXT_PARTITION_CHECK.with(|c| c.set(next));
+    }
+    let retention = crate::gucs::AUDIT_RETENTION.get();
+    if retention > 0 && now >= NEXT_PRUNE.with(|c| c.get()) {
+        NEXT_PRUNE.with(|c| c.set(now + HOUR_US));
+        let cut = crate::pgutil::timestamptz(now - retention as i64 * 60_000_000);
+        match in_subtransaction(|| Ok(super::prune_before(cut))) {
+            Ok(0) => {}
+            Ok(n) => log!("pg_entitlements: audit retention removed {n} rows"),
+            Err(message) => warning!("pg_entitlements: audit retention failed, retried in an hour: {message}"),
+        }
+    }
+}
+
+/// Run `f` in a subtransaction; any ERROR rolls it back and is returned as its message.
+fn in_subtransaction<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+    // The error is caught and the subtransaction rolled back: nothing f touched is used after.
+    let f = std::panic::AssertUnwindSafe(f);
+    // SAFETY: the subtransaction pattern of PL/pgSQL's exception blocks, as in try_insert.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        PgTryBuilder::new(|| {
+            let r = f();
+            if r.is_ok() {
+                pg_sys::ReleaseCurrentSubTransaction();
+            } else {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            }
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            r
+        })
+        .catch_others(|caught| {
+            pg_sys::MemoryContextSwitchTo(context);
+            let message = match &caught {
+                pg_sys::panic::CaughtError::PostgresError(e)
+                | pg_sys::panic::CaughtError::ErrorReport(e) => e.message().to_owned(),
+                _ => "an internal error".to_owned(),
+            };
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            Err(message)
+        })
+        .execute()
+    }
 }
 
 /// Which INSERT the database's audit table takes.
