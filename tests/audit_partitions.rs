@@ -239,3 +239,25 @@ fn a_partition_addressed_directly_is_append_only_and_closed_to_members() {
     assert_eq!(count(&mut owner, &format!("SELECT count(*) FROM {part}")), 0, "forced RLS without a policy");
     assert_eq!(count(&mut admin, &format!("SELECT count(*) FROM entitlements.entitlement_checks WHERE workspace_id = {ws}")), 2, "untouched");
 }
+
+#[test]
+fn retention_behind_a_long_reader_gives_up_and_the_batch_is_still_stored() {
+    let pg = Cluster::start_with("part-retention-locked", &["pg_entitlements.audit_retention = '2d'"]);
+    let mut c = pg.connect();
+    exec(&mut c, "SELECT entitlements.create_audit_partitions((now() AT TIME ZONE 'UTC')::date - 5, 1)");
+    load(&mut c, "(now() - interval '5 days')");
+    // A reader holds the trail: dropping the old day's partition would have to wait for it.
+    let mut reader = pg.connect();
+    exec(&mut reader, "BEGIN; SELECT count(*) FROM entitlements.entitlement_checks");
+    let ws = new_workspace(&mut c);
+    check(&mut c, &ws, "ccp-01");
+    flush(&mut c);
+    assert_eq!(
+        count(&mut c, &format!("SELECT count(*) FROM entitlements.entitlement_checks WHERE workspace_id = {ws}")),
+        1,
+        "the batch is stored although the retention could not run"
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM entitlements.entitlement_checks WHERE checked_at < now() - interval '2 days'"), 1);
+    assert!(pg.log().contains("audit retention failed, retried in an hour"), "{}", pg.log());
+    exec(&mut reader, "COMMIT");
+}

@@ -350,7 +350,7 @@ fn maintain() {
     let now = crate::pgutil::now();
     if now >= NEXT_PARTITION_CHECK.with(|c| c.get()) {
         // PostgreSQL timestamps count from 2000-01-01 00:00 UTC, a midnight.
-        let next = match in_subtransaction(|| {
+        let next = match with_short_lock_timeout(|| {
             Spi::get_one_with_args::<i32>(
                 "SELECT entitlements.create_audit_partitions(
                      (pg_catalog.now() AT TIME ZONE 'UTC')::pg_catalog.date, $1)",
@@ -371,12 +371,33 @@ fn maintain() {
     if retention > 0 && now >= NEXT_PRUNE.with(|c| c.get()) {
         NEXT_PRUNE.with(|c| c.set(now + HOUR_US));
         let cut = crate::pgutil::timestamptz(now - retention as i64 * 60_000_000);
-        match in_subtransaction(|| Ok(super::prune_before(cut))) {
+        match with_short_lock_timeout(|| Ok(super::prune_before(cut))) {
             Ok(0) => {}
             Ok(n) => log!("pg_entitlements: audit retention removed {n} rows"),
             Err(message) => warning!("pg_entitlements: audit retention failed, retried in an hour: {message}"),
         }
     }
+}
+
+/// How long the writer's partition maintenance waits for a lock on the trail (creating and
+/// detaching partitions lock the parent exclusively): behind a long query on the trail, the
+/// writer gives up and retries later instead of leaving the queue to fill up.
+const MAINTENANCE_LOCK_TIMEOUT: &str = "1s";
+
+/// `f` in a subtransaction with lock_timeout = MAINTENANCE_LOCK_TIMEOUT; the setting is put
+/// back after it (by the subtransaction's rollback when it fails).
+fn with_short_lock_timeout<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+    in_subtransaction(|| {
+        let previous = Spi::get_one::<String>("SELECT pg_catalog.current_setting('lock_timeout')")
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+        Spi::run_with_args("SELECT pg_catalog.set_config('lock_timeout', $1, true)", &[MAINTENANCE_LOCK_TIMEOUT.into()])
+            .map_err(|e| e.to_string())?;
+        let r = f()?;
+        Spi::run_with_args("SELECT pg_catalog.set_config('lock_timeout', $1, true)", &[previous.into()])
+            .map_err(|e| e.to_string())?;
+        Ok(r)
+    })
 }
 
 /// Run `f` in a subtransaction; any ERROR rolls it back and is returned as its message.
