@@ -151,25 +151,55 @@ CREATE POLICY members_read ON entitlements.entitlement_checks FOR SELECT
     USING (workspace_id IN (SELECT m.workspace_id FROM entitlements.workspace_members m
                              WHERE m.user_id = entitlements.current_user_id()));
 
--- Views run as the caller (security_invoker), so the policy above applies to them too.
+-- Rollups: per workspace, feature and UTC hour, how many checks had each outcome (result,
+-- cached, reason), and the last of them. The writer adds to them in the same subtransaction
+-- as it stores the rows, from the batch aggregated in SQL (INSERT ... ON CONFLICT DO
+-- UPDATE), so they count exactly the rows stored. The summary views read them instead of
+-- scanning 30 days of rows. Append-only like the trail, except for the writer's updates;
+-- prune_audit removes the hours that end at or before its cut. Kept by pg_dump.
+CREATE TABLE entitlements.entitlement_check_rollups (
+    workspace_id uuid NOT NULL,
+    feature text NOT NULL,
+    hour timestamptz NOT NULL,            -- the start of the UTC hour of the checks
+    result boolean NOT NULL,
+    cached boolean NOT NULL,
+    reason text,
+    checks bigint NOT NULL,
+    last_checked_at timestamptz NOT NULL,
+    CONSTRAINT entitlement_check_rollups_key
+        UNIQUE NULLS NOT DISTINCT (workspace_id, feature, hour, result, cached, reason)
+);
+SELECT pg_catalog.pg_extension_config_dump('entitlements.entitlement_check_rollups', '');
+CREATE TRIGGER entitlement_check_rollups_append_only
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.entitlement_check_rollups
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.entitlement_checks_append_only();
+ALTER TABLE entitlements.entitlement_check_rollups ENABLE ALWAYS TRIGGER entitlement_check_rollups_append_only;
+ALTER TABLE entitlements.entitlement_check_rollups ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.entitlement_check_rollups FORCE ROW LEVEL SECURITY;
+CREATE POLICY members_read ON entitlements.entitlement_check_rollups FOR SELECT
+    USING (workspace_id IN (SELECT m.workspace_id FROM entitlements.workspace_members m
+                             WHERE m.user_id = entitlements.current_user_id()));
+
+-- Views run as the caller (security_invoker), so the policies apply to them too. The last
+-- 30 days are counted by whole hours: every hour that ends after now() - 30 days.
 CREATE VIEW entitlements.entitlement_checks_summary WITH (security_invoker = true) AS
 SELECT workspace_id,
-       count(*) AS check_count,
-       count(*) FILTER (WHERE result) AS allowed,
-       count(*) FILTER (WHERE NOT result) AS denied,
-       count(*) FILTER (WHERE cached) AS cached,
-       round(100.0 * count(*) FILTER (WHERE cached) / count(*), 1) AS cache_hit_rate_pct
-  FROM entitlements.entitlement_checks
- WHERE checked_at >= now() - interval '30 days'
+       sum(checks)::bigint AS check_count,
+       coalesce(sum(checks) FILTER (WHERE result), 0)::bigint AS allowed,
+       coalesce(sum(checks) FILTER (WHERE NOT result), 0)::bigint AS denied,
+       coalesce(sum(checks) FILTER (WHERE cached), 0)::bigint AS cached,
+       round(100.0 * coalesce(sum(checks) FILTER (WHERE cached), 0) / sum(checks), 1) AS cache_hit_rate_pct
+  FROM entitlements.entitlement_check_rollups
+ WHERE hour > now() - interval '30 days' - interval '1 hour'
  GROUP BY workspace_id;
 
 CREATE VIEW entitlements.denials_by_reason WITH (security_invoker = true) AS
 SELECT workspace_id,
        reason,
-       count(*) AS denials,
-       max(checked_at) AS last_denied_at
-  FROM entitlements.entitlement_checks
- WHERE NOT result AND checked_at >= now() - interval '30 days'
+       sum(checks)::bigint AS denials,
+       max(last_checked_at) AS last_denied_at
+  FROM entitlements.entitlement_check_rollups
+ WHERE NOT result AND hour > now() - interval '30 days' - interval '1 hour'
  GROUP BY workspace_id, reason;
 
 -- Every database's records are stored in that database, by a writer of its own; the number

@@ -233,7 +233,9 @@ fn entitlement_checks_append_only<'a>(
                 || superuser_loading_an_empty_trail(trigger.relid().unwrap_or_else(|e| errors::internal(e)))
         }
         Op::Delete => PRUNING.with(Cell::get),
-        Op::Update | Op::Truncate => false,
+        // Only the rollups are ever updated, by the writer adding a batch's counts.
+        Op::Update => IS_WRITER.with(Cell::get),
+        Op::Truncate => false,
     };
     if !allowed {
         errors::audit_append_only(match op {
@@ -310,6 +312,13 @@ pub(crate) fn prune_before(cut: pgrx::datum::TimestampWithTimeZone) -> i64 {
             &[cut.into()],
         )?
         .unwrap_or(0);
+        // The rollups' hours that end at or before the cut (the hour that straddles it keeps
+        // its counts: rollups are by whole hours).
+        Spi::run_with_args(
+            "DELETE FROM entitlements.entitlement_check_rollups
+              WHERE hour OPERATOR(pg_catalog.+) '1 hour'::pg_catalog.interval OPERATOR(pg_catalog.<=) $1",
+            &[cut.into()],
+        )?;
         Ok(dropped + deleted)
     })
     .unwrap_or_else(|e| errors::internal(e))
