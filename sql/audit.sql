@@ -3,7 +3,9 @@
 -- statement trigger refuses UPDATE, DELETE, TRUNCATE and direct INSERTs (the writer,
 -- entitlements.prune_audit and a superuser loading an empty trail, as a restore does, are the
 -- only exceptions), and forced RLS lets members read
--- their own workspaces' rows only. Grants are in sql/security.sql.
+-- their own workspaces' rows only. The table is partitioned by UTC day, and rolled up per
+-- workspace, feature and hour for the summary views (docs/AUDIT.md). Grants are in
+-- sql/security.sql.
 
 CREATE TABLE entitlements.entitlement_checks (
     id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1000),  -- the writer inserts thousands a second
