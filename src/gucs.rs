@@ -70,6 +70,10 @@ pub static AUDIT_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32768);
 /// How many databases the audit can serve at once: one writer (a background worker) each.
 pub static AUDIT_MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(8);
 
+/// Rows older than this are pruned by the writers, at most once an hour (0: never; minutes,
+/// SHOW prints it with a unit, e.g. `90d`). Reload-time: retention is the DBA's decision.
+pub static AUDIT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 /// No longer used (every database's records are stored in that database); still defined so
 /// that a postgresql.conf that sets it keeps starting (the prefix is reserved).
 pub static AUDIT_DATABASE: GucSetting<Option<CString>> =
@@ -338,6 +342,16 @@ fn define_audit_gucs() {
         crate::audit::MAX_WRITERS as i32,
         GucContext::Postmaster,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_entitlements.audit_retention",
+        c"Audit rows older than this are removed by the audit writers, at most once an hour.",
+        c"0 keeps every row. Whole day partitions are dropped; the partition that straddles the cut is deleted from.",
+        &AUDIT_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MIN,
     );
     GucRegistry::define_string_guc(
         c"pg_entitlements.audit_database",

@@ -318,11 +318,13 @@ fn entitlements_reader_reads_every_workspace_and_cannot_write_anything() {
 
     let mut reader = pg.connect_as("support", "app");
     // Every table and view of the schema but the secrets and the superusers' cache view: the
-    // reader sees what a superuser sees, across workspaces.
+    // reader sees what a superuser sees, across workspaces. (The audit trail is read through
+    // its partitioned parent; its partitions, addressed directly, are closed to every role.)
     let relations: Vec<String> = su
         .query(
             "SELECT c.oid::regclass::text FROM pg_class c
-              WHERE c.relnamespace = 'entitlements'::regnamespace AND c.relkind IN ('r', 'v')
+              WHERE c.relnamespace = 'entitlements'::regnamespace AND c.relkind IN ('r', 'p', 'v')
+                AND NOT c.relispartition
                 AND c.relname NOT IN ('webhook_secrets', 'entitlement_cache') ORDER BY 1",
             &[],
         )
@@ -341,7 +343,7 @@ fn entitlements_reader_reads_every_workspace_and_cannot_write_anything() {
 
     // Nothing it can write: every table, every kind of write; no admin function; no audited check.
     let tables: Vec<String> = su
-        .query("SELECT c.oid::regclass::text FROM pg_class c WHERE c.relnamespace = 'entitlements'::regnamespace AND c.relkind = 'r' ORDER BY 1", &[])
+        .query("SELECT c.oid::regclass::text FROM pg_class c WHERE c.relnamespace = 'entitlements'::regnamespace AND c.relkind IN ('r', 'p') ORDER BY 1", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))

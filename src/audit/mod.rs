@@ -228,9 +228,14 @@ fn entitlement_checks_append_only<'a>(
     use pgrx::PgTriggerOperation as Op;
     let op = trigger.op().unwrap_or_else(|e| errors::internal(e));
     let allowed = match op {
-        Op::Insert => IS_WRITER.with(Cell::get) || superuser_loading_an_empty_trail(),
+        Op::Insert => {
+            IS_WRITER.with(Cell::get)
+                || superuser_loading_an_empty_trail(trigger.relid().unwrap_or_else(|e| errors::internal(e)))
+        }
         Op::Delete => PRUNING.with(Cell::get),
-        Op::Update | Op::Truncate => false,
+        // Only the rollups are ever updated, by the writer adding a batch's counts.
+        Op::Update => IS_WRITER.with(Cell::get),
+        Op::Truncate => false,
     };
     if !allowed {
         errors::audit_append_only(match op {
@@ -243,21 +248,29 @@ fn entitlement_checks_append_only<'a>(
     Ok(None)
 }
 
-static TRAIL_IS_EMPTY: crate::spi_read::Stmt = crate::spi_read::Stmt {
-    sql: "SELECT NOT EXISTS (SELECT 1 FROM entitlements.entitlement_checks)",
-    args: &[],
-};
-
-/// A restore (pg_restore, or psql with a plain dump) loads the trail with COPY as a superuser
-/// into the empty table CREATE EXTENSION made. Once the trail has rows, only the writer adds.
-fn superuser_loading_an_empty_trail() -> bool {
+/// A restore (pg_restore, or psql with a plain dump) loads the trail with COPY as a superuser:
+/// CREATE EXTENSION made the parent and its DEFAULT partition empty, and the day partitions
+/// are created empty by the dump itself (their guard comes after their rows). So a superuser
+/// may load rows into the table the statement names while that table is empty (the whole
+/// trail, through the parent; one partition, addressed directly). Once it has rows, only the
+/// writer adds.
+fn superuser_loading_an_empty_trail(relid: pg_sys::Oid) -> bool {
     // SAFETY: a catalog lookup on the current user.
     let superuser = unsafe { pg_sys::superuser() };
     superuser
-        && crate::spi_read::query(&TRAIL_IS_EMPTY, &[], crate::spi_read::Snapshot::OwnChanges, 1, |r| r.get::<bool>(1))
-            .pop()
-            .flatten()
-            .unwrap_or(false)
+        && crate::pgutil::with_pinned_search_path(|| {
+            // regclass prints the schema-qualified, quoted name (entitlements is not on the
+            // pinned search_path).
+            let name = Spi::get_one_with_args::<String>(
+                "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+                &[relid.into()],
+            );
+            let Ok(Some(name)) = name else { return false };
+            Spi::get_one::<bool>(&format!("SELECT NOT EXISTS (SELECT 1 FROM {name})"))
+                .ok()
+                .flatten()
+                .unwrap_or(false)
+        })
 }
 
 /// Remove rows older than `older_than`; superusers only. Returns the rows removed.
@@ -267,18 +280,48 @@ fn prune_audit(older_than: pgrx::datum::Interval) -> i64 {
     if !unsafe { pg_sys::superuser() } {
         errors::prune_requires_superuser();
     }
-    let _permit = PrunePermit::new();
-    crate::pgutil::with_pinned_search_path(|| {
-        Spi::get_one_with_args::<i64>(
-            "WITH gone AS (DELETE FROM entitlements.entitlement_checks
-                            WHERE checked_at OPERATOR(pg_catalog.<)
-                                  (pg_catalog.now() OPERATOR(pg_catalog.-) $1) RETURNING 1)
-             SELECT pg_catalog.count(*) FROM gone",
+    let cut = crate::pgutil::with_pinned_search_path(|| {
+        Spi::get_one_with_args::<pgrx::datum::TimestampWithTimeZone>(
+            "SELECT pg_catalog.now() OPERATOR(pg_catalog.-) $1",
             &[older_than.into()],
         )
     })
+    .unwrap_or_else(|e| errors::internal(e));
+    match cut {
+        Some(cut) => prune_before(cut),
+        None => 0,
+    }
+}
+
+/// Remove every row with checked_at before `cut`: the day partitions entirely before it are
+/// detached and dropped (no row by row DELETE, no dead tuples), then the rows before it left
+/// in the partition that straddles it, and in DEFAULT, are deleted. Returns the rows removed.
+/// The caller is a superuser (prune_audit checked; the writer is one).
+pub(crate) fn prune_before(cut: pgrx::datum::TimestampWithTimeZone) -> i64 {
+    let _permit = PrunePermit::new();
+    crate::pgutil::with_pinned_search_path(|| -> Result<i64, pgrx::spi::SpiError> {
+        let dropped = Spi::get_one_with_args::<i64>(
+            "SELECT entitlements.drop_audit_partitions_before($1)",
+            &[cut.into()],
+        )?
+        .unwrap_or(0);
+        let deleted = Spi::get_one_with_args::<i64>(
+            "WITH gone AS (DELETE FROM entitlements.entitlement_checks
+                            WHERE checked_at OPERATOR(pg_catalog.<) $1 RETURNING 1)
+             SELECT pg_catalog.count(*) FROM gone",
+            &[cut.into()],
+        )?
+        .unwrap_or(0);
+        // The rollups' hours that end at or before the cut (the hour that straddles it keeps
+        // its counts: rollups are by whole hours).
+        Spi::run_with_args(
+            "DELETE FROM entitlements.entitlement_check_rollups
+              WHERE hour OPERATOR(pg_catalog.+) '1 hour'::pg_catalog.interval OPERATOR(pg_catalog.<=) $1",
+            &[cut.into()],
+        )?;
+        Ok(dropped + deleted)
+    })
     .unwrap_or_else(|e| errors::internal(e))
-    .unwrap_or(0)
 }
 
 /// How long flush_audit waits at most: a stopped writer must not hang the caller.

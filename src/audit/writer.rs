@@ -53,6 +53,21 @@ SELECT pg_catalog.unnest($1::pg_catalog.timestamptz[]), pg_catalog.unnest($2::pg
        pg_catalog.unnest($7::pg_catalog.bool[]), pg_catalog.unnest($8::pg_catalog.text[]),
        pg_catalog.unnest($9::pg_catalog.inet[]), pg_catalog.unnest($10::pg_catalog.text[]),
        pg_catalog.unnest($11::pg_catalog.inet[])";
+/// The batch's counts added to the rollups, aggregated in SQL from the same arrays as the
+/// INSERT: checked_at, workspace, feature, result, reason, cached.
+const ROLLUP: &str = "
+INSERT INTO entitlements.entitlement_check_rollups AS r
+       (workspace_id, feature, hour, result, cached, reason, checks, last_checked_at)
+SELECT u.w, u.f, pg_catalog.date_trunc('hour', u.t, 'UTC'), u.res, u.c, u.rsn,
+       pg_catalog.count(*), pg_catalog.max(u.t)
+  FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.timestamptz[]), pg_catalog.unnest($2::pg_catalog.uuid[]),
+                  pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.bool[]),
+                  pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.bool[]))
+       AS u(t, w, f, res, rsn, c)
+ GROUP BY 1, 2, 3, 4, 5, 6
+ON CONFLICT ON CONSTRAINT entitlement_check_rollups_key DO UPDATE
+   SET checks = r.checks OPERATOR(pg_catalog.+) EXCLUDED.checks,
+       last_checked_at = GREATEST(r.last_checked_at, EXCLUDED.last_checked_at)";
 // (unnest in the select list zips the arrays without materialising them: about 20% less
 // CPU per row than `SELECT * FROM unnest(...)`, measured.)
 
@@ -303,6 +318,9 @@ fn write(rows: &[Record]) -> Option<u64> {
         let current = pg_sys::get_attnum(table, c"connection_addr".as_ptr()) != pg_sys::InvalidAttrNumber as i16;
         (if current { Shape::Current } else { Shape::V0_1 }, pg_sys::get_role_oid(WRITER_ROLE.as_ptr(), true))
     };
+    if shape == Shape::Current {
+        maintain();
+    }
     Some(if role == pg_sys::InvalidOid {
         // Only until ALTER EXTENSION ... UPDATE creates the role: the statement is qualified
         // and runs under a pinned search_path either way.
@@ -310,6 +328,117 @@ fn write(rows: &[Record]) -> Option<u64> {
     } else {
         as_role(role, || store(rows, shape))
     })
+}
+
+thread_local! {
+    /// When the writer next makes sure the day partitions ahead exist (PG microseconds): the
+    /// next UTC midnight once they do, an hour later when that failed. Checked once per batch,
+    /// an integer comparison; the partitions made are remembered this way, not looked up.
+    static NEXT_PARTITION_CHECK: std::cell::Cell<i64> = const { std::cell::Cell::new(i64::MIN) };
+    /// When the writer next applies pg_entitlements.audit_retention (at most once an hour).
+    static NEXT_PRUNE: std::cell::Cell<i64> = const { std::cell::Cell::new(i64::MIN) };
+}
+
+const HOUR_US: i64 = 3_600_000_000;
+const DAY_US: i64 = 24 * HOUR_US;
+/// Days of partitions kept ready: today and the next two (a writer idle over a midnight, or
+/// restarted just before one, still finds the day's partition).
+const DAYS_AHEAD: i32 = 3;
+
+/// Partitions ahead and retention, as the superuser the writer connects as (creating and
+/// dropping partitions needs the table's owner), before the batch is stored in the same
+/// transaction, so that its rows land in their day's partition. Each step runs in a
+/// subtransaction of its own: a failure is logged and retried later, the batch is stored
+/// regardless.
+fn maintain() {
+    let now = crate::pgutil::now();
+    if now >= NEXT_PARTITION_CHECK.with(|c| c.get()) {
+        // PostgreSQL timestamps count from 2000-01-01 00:00 UTC, a midnight.
+        let next = match with_short_lock_timeout(|| {
+            Spi::get_one_with_args::<i32>(
+                "SELECT entitlements.create_audit_partitions(
+                     (pg_catalog.now() AT TIME ZONE 'UTC')::pg_catalog.date, $1)",
+                &[DAYS_AHEAD.into()],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }) {
+            Ok(()) => now.div_euclid(DAY_US) * DAY_US + DAY_US,
+            Err(message) => {
+                warning!("pg_entitlements: could not create the audit partitions ahead (rows go to the DEFAULT partition meanwhile): {message}");
+                now + HOUR_US
+            }
+        };
+        NEXT_PARTITION_CHECK.with(|c| c.set(next));
+    }
+    let retention = crate::gucs::AUDIT_RETENTION.get();
+    if retention > 0 && now >= NEXT_PRUNE.with(|c| c.get()) {
+        NEXT_PRUNE.with(|c| c.set(now + HOUR_US));
+        let cut = crate::pgutil::timestamptz(now - retention as i64 * 60_000_000);
+        match with_short_lock_timeout(|| Ok(super::prune_before(cut))) {
+            Ok(0) => {}
+            Ok(n) => log!("pg_entitlements: audit retention removed {n} rows"),
+            Err(message) => warning!("pg_entitlements: audit retention failed, retried in an hour: {message}"),
+        }
+    }
+}
+
+/// How long the writer's partition maintenance waits for a lock on the trail (creating and
+/// detaching partitions lock the parent exclusively): behind a long query on the trail, the
+/// writer gives up and retries later instead of leaving the queue to fill up.
+const MAINTENANCE_LOCK_TIMEOUT: &str = "1s";
+
+/// `f` in a subtransaction with lock_timeout = MAINTENANCE_LOCK_TIMEOUT; the setting is put
+/// back after it (by the subtransaction's rollback when it fails).
+fn with_short_lock_timeout<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+    in_subtransaction(|| {
+        let previous = Spi::get_one::<String>("SELECT pg_catalog.current_setting('lock_timeout')")
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+        Spi::run_with_args("SELECT pg_catalog.set_config('lock_timeout', $1, true)", &[MAINTENANCE_LOCK_TIMEOUT.into()])
+            .map_err(|e| e.to_string())?;
+        let r = f()?;
+        Spi::run_with_args("SELECT pg_catalog.set_config('lock_timeout', $1, true)", &[previous.into()])
+            .map_err(|e| e.to_string())?;
+        Ok(r)
+    })
+}
+
+/// Run `f` in a subtransaction; any ERROR rolls it back and is returned as its message.
+fn in_subtransaction<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+    // The error is caught and the subtransaction rolled back: nothing f touched is used after.
+    let f = std::panic::AssertUnwindSafe(f);
+    // SAFETY: the subtransaction pattern of PL/pgSQL's exception blocks, as in try_insert.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        PgTryBuilder::new(|| {
+            let r = f();
+            if r.is_ok() {
+                pg_sys::ReleaseCurrentSubTransaction();
+            } else {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            }
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            r
+        })
+        .catch_others(|caught| {
+            pg_sys::MemoryContextSwitchTo(context);
+            let message = match &caught {
+                pg_sys::panic::CaughtError::PostgresError(e)
+                | pg_sys::panic::CaughtError::ErrorReport(e) => e.message().to_owned(),
+                _ => "an internal error".to_owned(),
+            };
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            Err(message)
+        })
+        .execute()
+    }
 }
 
 /// Which INSERT the database's audit table takes.
@@ -407,6 +536,8 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
     static INSERT_0_1_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
         const { std::cell::RefCell::new(None) };
+    static ROLLUP_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 fn insert(rows: &[Record], shape: Shape) {
@@ -419,6 +550,19 @@ fn insert(rows: &[Record], shape: Shape) {
     let reason: Vec<Option<&str>> =
         rows.iter().map(|r| Reason::from_ordinal(r.reason).map(Reason::code)).collect();
     let cached: Vec<bool> = rows.iter().map(|r| r.cached).collect();
+    // The rollup reads the same arrays (DatumWithOid is not Clone: the few vectors are).
+    let rollup_args: Vec<DatumWithOid> = if shape == Shape::Current {
+        vec![
+            checked_at.clone().into(),
+            workspace.clone().into(),
+            text(|r| r.feature.get()).into(),
+            result.clone().into(),
+            reason.clone().into(),
+            cached.clone().into(),
+        ]
+    } else {
+        Vec::new()
+    };
     let mut args: Vec<DatumWithOid> = vec![
         checked_at.into(),
         workspace.into(),
@@ -451,16 +595,26 @@ fn insert(rows: &[Record], shape: Shape) {
         BuiltinOid::TEXTARRAYOID,
     ]
     .map(PgOid::BuiltIn);
-    let result = Spi::connect_mut(|client| {
-        // The plan is copied out of the cell before it runs: no borrow is held meanwhile.
-        let plan = slot.with(|cell| cell.borrow_mut().take());
-        let plan = match plan {
-            Some(p) => p,
-            None => client.prepare_mut(sql, &types[..n])?.keep(),
-        };
-        let out = client.update(&plan, None, &args).map(|_| ());
-        slot.with(|cell| *cell.borrow_mut() = Some(plan));
-        out
-    });
-    result.unwrap_or_else(|e| crate::errors::internal(e));
+    let run = |sql: &str, slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>>>,
+               types: &[PgOid],
+               args: &[DatumWithOid]| {
+        Spi::connect_mut(|client| {
+            // The plan is copied out of the cell before it runs: no borrow is held meanwhile.
+            let plan = slot.with(|cell| cell.borrow_mut().take());
+            let plan = match plan {
+                Some(p) => p,
+                None => client.prepare_mut(sql, types)?.keep(),
+            };
+            let out = client.update(&plan, None, args).map(|_| ());
+            slot.with(|cell| *cell.borrow_mut() = Some(plan));
+            out
+        })
+        .unwrap_or_else(|e| crate::errors::internal(e));
+    };
+    run(sql, slot, &types[..n], &args);
+    if shape == Shape::Current {
+        // In the INSERT's subtransaction: rows refused and rolled back are not counted.
+        let rollup_types = [0, 1, 3, 4, 5, 6].map(|i| types[i]);
+        run(ROLLUP, &ROLLUP_PLAN, &rollup_types, &rollup_args);
+    }
 }
