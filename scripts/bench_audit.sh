@@ -69,9 +69,26 @@ run() { # name script [PGOPTIONS]
         -h 127.0.0.1 -p "$PORT" -U postgres -f "$2" app 2>/dev/null \
         | awk -v n="$1" '/^tps/ {printf "%s %.0f\n", n, $3}'
 }
+# The writer's CPU per stored row, measured over the audit-on runs: its utime + stime from
+# /proc between the start and the end of each run (it starts on the run's first check and
+# stays while checks come), divided by the rows it stored meanwhile.
+TCK=$(getconf CLK_TCK)
+writer_pid() { psql -d app -At -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_entitlements audit writer' AND datname = 'app'" | head -1; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+written() { psql -d app -At -c "SELECT written FROM entitlements.audit_statistics()"; }
+cpu=$DIR/writer_cpu.txt; : > "$cpu"
+run_audit_on() {
+    run check_audit_on "$W/check.sql" >> "$results" &
+    local bg=$! pid="" t0 w0
+    for _ in $(seq 100); do pid=$(writer_pid); [ -n "$pid" ] && break; sleep 0.05; done
+    t0=$(ticks "$pid"); w0=$(written)
+    wait "$bg"
+    psql -d app -c "SELECT entitlements.flush_audit()" >/dev/null
+    echo "$(( $(ticks "$pid") - t0 )) $(( $(written) - w0 ))" >> "$cpu"
+}
 results=$DIR/results.txt; : > "$results"
 for r in $(seq "$ROUNDS"); do
-    run check_audit_on "$W/check.sql" >> "$results"
+    run_audit_on
     run check_audit_off "$W/check.sql" "-c pg_entitlements.audit=off" >> "$results"
     run select_1 "$W/select_1.sql" >> "$results"
     run insert_baseline "$W/inline.sql" >> "$results"
@@ -92,3 +109,4 @@ awk '{ s[$1] += $2; n[$1]++; v[$1] = v[$1] " " $2 }
        printf "audit on / INSERT baseline %.2f\n", m["check_audit_on"] / m["insert_baseline"];
      }' "$results"
 echo "audit counters (queued written dropped pending): $stats; rows in entitlement_checks: $rows"
+awk -v tck="$TCK" '{ t += $1; w += $2 } END { if (w > 0) printf "writer CPU per stored row: %.2f us (%d rows, %.2f CPU s)\n", t / tck / w * 1e6, w, t / tck }' "$cpu"
