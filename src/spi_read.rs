@@ -56,6 +56,20 @@ impl Row {
     }
 }
 
+impl Row {
+    /// Column `n` (1-based) as a datum copied out of SPI's memory into the caller's context
+    /// (a composite result returned as is); `None` for SQL NULL.
+    pub fn datum_transferred(&self, n: i32, by_value: bool, len: i32) -> Option<pg_sys::Datum> {
+        let mut is_null = false;
+        // SAFETY: as in `get`; SPI_datumTransfer runs while SPI is connected (inside `query`'s
+        // closure) and copies into the context that was current at SPI_connect.
+        unsafe {
+            let datum = pg_sys::SPI_getbinval(self.tuple, self.desc, n, &mut is_null);
+            (!is_null).then(|| pg_sys::SPI_datumTransfer(datum, by_value, len))
+        }
+    }
+}
+
 fn plan(stmt: &'static Stmt) -> pg_sys::SPIPlanPtr {
     let key = stmt as *const Stmt as usize;
     if let Some(p) = PLANS.with(|p| p.borrow().get(&key).copied()) {
