@@ -385,3 +385,47 @@ fn bad_input_gets_its_sqlstate_and_writes_nothing() {
     assert_eq!(written, 0, "nothing written");
     assert_eq!(usage(&mut c, &ws, "calls"), (true, None, 0, Some(10), Some(10)));
 }
+
+/// docs/LIMITS.md's "free plan: 3 projects", run as written by an application role.
+#[test]
+fn free_plan_three_projects_through_an_rls_policy_as_the_docs_show() {
+    let pg = Cluster::start("limits-projects");
+    let mut admin = pg.connect();
+    let ws = new_workspace(&mut admin);
+    exec(
+        &mut admin,
+        &format!(
+            "INSERT INTO entitlements.features (feature, min_tier, description, kind, reset_period)
+             VALUES ('projects', 'free', 'Projects', 'metered', 'never');
+             SELECT entitlements.set_feature_limit('projects', 'free', 3);
+             SELECT entitlements.set_feature_limit('projects', 'pro', NULL);
+             CREATE ROLE my_app LOGIN; GRANT entitlements_app TO my_app;
+             CREATE SCHEMA app AUTHORIZATION my_app;
+             SELECT entitlements.register_workspace({ws});
+             SELECT entitlements.add_member({ws}, 'alice');"
+        ),
+    );
+    let mut app = pg.connect_as("my_app", "app");
+    exec(
+        &mut app,
+        "CREATE TABLE app.projects (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, workspace_id uuid NOT NULL);
+         ALTER TABLE app.projects ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE app.projects FORCE ROW LEVEL SECURITY;
+         CREATE POLICY projects_read ON app.projects FOR SELECT USING (entitlements.is_member(workspace_id));
+         CREATE POLICY projects_quota ON app.projects FOR INSERT
+             WITH CHECK ((entitlements.consume(workspace_id, 'projects')).allowed);",
+    );
+    let insert = format!("BEGIN; SET LOCAL pg_entitlements.user_id = 'alice'; INSERT INTO app.projects (workspace_id) VALUES ({ws}); COMMIT");
+    exec(&mut app, &format!("BEGIN; SET LOCAL pg_entitlements.user_id = 'alice'; INSERT INTO app.projects (workspace_id) VALUES ({ws}); ROLLBACK"));
+    for _ in 0..3 {
+        exec(&mut app, &insert);
+    }
+    assert_eq!(sqlstate(&mut app, &insert), "42501", "the fourth project is refused by the policy");
+    exec(&mut app, "ROLLBACK");
+    let projects: i64 = admin.query_one("SELECT count(*) FROM app.projects", &[]).unwrap().get(0);
+    assert_eq!(projects, 3, "three rows, the rolled back insert took no unit");
+    assert_eq!(used(&mut admin, &ws, "projects"), 3);
+    exec(&mut admin, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'active')"));
+    exec(&mut app, &insert);
+    assert_eq!(used(&mut admin, &ws, "projects"), 4, "the upgrade lifted the limit, usage kept");
+}
