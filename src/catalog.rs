@@ -79,7 +79,7 @@ static ALL_FEATURES_BEFORE_LIMITS: Stmt =
     Stmt { sql: inputs_query_before_limits!("ORDER BY ft.level, f.feature"), args: &[UUID] };
 
 /// Does this database's schema have usage limits (`features.kind`)? Three syscache lookups.
-fn schema_has_limits() -> bool {
+pub fn schema_has_limits() -> bool {
     // SAFETY: catalog cache lookups by name, valid in any transaction; missing objects
     // answer InvalidOid / InvalidAttrNumber.
     unsafe {

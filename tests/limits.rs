@@ -429,3 +429,57 @@ fn free_plan_three_projects_through_an_rls_policy_as_the_docs_show() {
     exec(&mut app, &insert);
     assert_eq!(used(&mut admin, &ws, "projects"), 4, "the upgrade lifted the limit, usage kept");
 }
+
+/// A Stripe renewal (customer.subscription.updated with the next period, API "basil" shape:
+/// the period on the item) starts a fresh counter; the finished period is kept.
+#[test]
+fn a_signed_stripe_renewal_event_starts_a_new_period() {
+    let pg = Cluster::start("limits-stripe-renewal");
+    let mut c = pg.connect();
+    add_metered(&mut c, "api", "free", "billing_period", true);
+    exec(&mut c, "SELECT entitlements.set_feature_limit('api', 'free', 100)");
+    let ws = new_workspace(&mut c);
+    exec(
+        &mut c,
+        &format!(
+            "SELECT entitlements.register_workspace({ws});
+             SELECT entitlements.link_stripe_customer({ws}, 'cus_renew');
+             INSERT INTO entitlements.stripe_price_tiers VALUES ('price_pro', 'pro');
+             SELECT entitlements.add_webhook_secret('whsec_renew');"
+        ),
+    );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let apply = |c: &mut Client, n: i64, start: i64, end: i64| {
+        let payload = serde_json::json!({
+            "id": format!("evt_renew_{n}"), "object": "event", "type": "customer.subscription.updated",
+            "created": now - 100 + n,
+            "data": {"object": {"id": "sub_renew", "object": "subscription", "customer": "cus_renew",
+                "status": "active", "cancel_at_period_end": false,
+                "items": {"object": "list", "data": [{"id": "si_1", "object": "subscription_item",
+                    "current_period_start": start, "current_period_end": end,
+                    "price": {"id": "price_pro", "object": "price", "product": "prod_x"}}]}}}
+        })
+        .to_string();
+        let header: String = c.query_one("SELECT entitlements.sign_stripe_payload($1, 'whsec_renew')", &[&payload]).unwrap().get(0);
+        let outcome: String = c.query_one("SELECT outcome FROM entitlements.apply_stripe_event($1, $2)", &[&payload, &header]).unwrap().get(0);
+        assert_eq!(outcome, "applied");
+    };
+    let day = 86_400;
+    apply(&mut c, 1, now - 20 * day, now + 10 * day);
+    assert_eq!(consume(&mut c, &ws, "api", 40).2, 40);
+    let first_start: i64 = c
+        .query_one(&format!("SELECT extract(epoch FROM period_start)::bigint FROM entitlements.usage({ws}, 'api')"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(first_start, now - 20 * day, "the period is the subscription's, from the event");
+    apply(&mut c, 2, now - 60, now + 30 * day);
+    assert_eq!(used(&mut c, &ws, "api"), 0);
+    assert_eq!(consume(&mut c, &ws, "api", 2).2, 2);
+    let kept: (i64, i64) = {
+        let r = c
+            .query_one(&format!("SELECT extract(epoch FROM period_start)::bigint, used FROM entitlements.usage_periods WHERE workspace_id = {ws}"), &[])
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(kept, (now - 20 * day, 40));
+}
