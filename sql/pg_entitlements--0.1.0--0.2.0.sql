@@ -705,6 +705,8 @@ CREATE TABLE entitlements.usage_counters (
     period_start timestamptz NOT NULL,
     period_end timestamptz,
     used bigint NOT NULL DEFAULT 0 CHECK (used >= 0),
+    -- The usage thresholds (percent of the limit) already announced in this period.
+    thresholds_notified integer[] NOT NULL DEFAULT '{}',
     PRIMARY KEY (workspace_id, feature)
 );
 
@@ -816,6 +818,7 @@ DECLARE
     new_used bigint;
     allowed boolean;
     reason text;
+    threshold integer;
 BEGIN
     SELECT fe.kind, fe.hard_limit INTO f FROM entitlements.features fe WHERE fe.feature = p_feature;
     IF NOT FOUND THEN
@@ -862,9 +865,11 @@ BEGIN
             ON CONFLICT ON CONSTRAINT usage_periods_pkey DO UPDATE
                SET used = up.used + EXCLUDED.used, period_end = EXCLUDED.period_end;
             UPDATE entitlements.usage_counters uc
-               SET period_start = st.period_start, period_end = st.period_end, used = 0
+               SET period_start = st.period_start, period_end = st.period_end, used = 0,
+                   thresholds_notified = '{}'
              WHERE uc.workspace_id = p_workspace_id AND uc.feature = p_feature;
             c.used := 0;
+            c.thresholds_notified := '{}';
         END IF;
         IF p_idempotency_key IS NOT NULL THEN
             -- Read after the lock: a racing call with the same key has committed by now (or
@@ -892,7 +897,26 @@ BEGIN
             reason := 'LIMIT_EXCEEDED';
         END IF;
         IF new_used <> c.used THEN
-            UPDATE entitlements.usage_counters uc SET used = new_used
+            -- Thresholds reached for the first time in this period are announced; NOTIFY is
+            -- delivered only if the caller's transaction commits.
+            IF new_used > c.used AND st.limit_value > 0 THEN
+                FOR threshold IN
+                    SELECT DISTINCT t.v::integer
+                      FROM unnest(string_to_array(current_setting('pg_entitlements.usage_thresholds'), ',')) AS t(v)
+                     WHERE btrim(t.v) <> ''
+                     ORDER BY 1
+                LOOP
+                    IF new_used::numeric * 100 >= threshold::numeric * st.limit_value
+                       AND NOT threshold = ANY (c.thresholds_notified) THEN
+                        PERFORM pg_notify('pg_entitlements_usage', json_build_object(
+                            'workspace_id', p_workspace_id, 'feature', p_feature, 'used', new_used,
+                            'limit', st.limit_value, 'threshold', threshold)::text);
+                        c.thresholds_notified := c.thresholds_notified || threshold;
+                    END IF;
+                END LOOP;
+            END IF;
+            UPDATE entitlements.usage_counters uc
+               SET used = new_used, thresholds_notified = c.thresholds_notified
              WHERE uc.workspace_id = p_workspace_id AND uc.feature = p_feature;
         END IF;
     END IF;

@@ -483,3 +483,41 @@ fn a_signed_stripe_renewal_event_starts_a_new_period() {
     };
     assert_eq!(kept, (now - 20 * day, 40));
 }
+
+/// Crossing 80% and 100% of the limit sends one NOTIFY each per period, delivered only when
+/// the consuming transaction commits.
+#[test]
+fn usage_thresholds_notify_after_commit_only_and_once_per_period() {
+    let pg = Cluster::start("limits-notify");
+    let mut c = pg.connect();
+    add_metered(&mut c, "api", "free", "month", true);
+    exec(&mut c, "SELECT entitlements.set_feature_limit('api', 'free', 10)");
+    let ws = new_workspace(&mut c);
+    let mut listener = pg.connect();
+    exec(&mut listener, "LISTEN pg_entitlements_usage");
+    // Crosses 80% in a transaction that rolls back: nothing is delivered.
+    exec(&mut c, &format!("BEGIN; SELECT entitlements.consume({ws}, 'api', 9); ROLLBACK"));
+    // Then committed: 7 (no threshold), 8 (80%), 9 (none: 80% was announced), 10 (100%).
+    for q in [7, 1, 1, 1] {
+        consume(&mut c, &ws, "api", q);
+    }
+    exec(&mut c, &format!("SELECT entitlements.refund({ws}, 'api', 5)"));
+    consume(&mut c, &ws, "api", 5);
+    // A marker after everything: every notification before it has been delivered by then.
+    exec(&mut c, "NOTIFY pg_entitlements_usage, 'marker'");
+    let mut got = Vec::new();
+    let mut notifications = listener.notifications();
+    let mut it = notifications.blocking_iter();
+    loop {
+        let n = postgres::fallible_iterator::FallibleIterator::next(&mut it).unwrap().expect("a notification");
+        if n.payload() == "marker" {
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
+        assert_eq!(v["workspace_id"], ws.0.as_str());
+        assert_eq!(v["feature"], "api");
+        assert_eq!(v["limit"], 10);
+        got.push((v["used"].as_i64().unwrap(), v["threshold"].as_i64().unwrap()));
+    }
+    assert_eq!(got, vec![(8, 80), (10, 100)], "each threshold once, none from the rolled back consume");
+}
