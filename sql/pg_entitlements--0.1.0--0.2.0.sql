@@ -779,8 +779,11 @@ AS $$
            p.period_end
       FROM entitlements.features f
       LEFT JOIN entitlements.billing_state b ON b.workspace_id = usage_state.workspace_id
-      CROSS JOIN LATERAL entitlements.usage_period(f.reset_period, b.current_period_start,
-                                                   b.current_period_end, usage_state.at) p
+      -- A counted feature's count never resets: it is the number of rows there are.
+      CROSS JOIN LATERAL entitlements.usage_period(CASE WHEN f.kind = 'counted' THEN 'never'
+                                                        ELSE f.reset_period END,
+                                                   b.current_period_start, b.current_period_end,
+                                                   usage_state.at) p
       LEFT JOIN entitlements.usage_counters c
              ON c.workspace_id = usage_state.workspace_id AND c.feature = f.feature
       LEFT JOIN LATERAL (
@@ -997,6 +1000,157 @@ BEGIN
 END
 $$;
 
+-- Counted features: the count of an app table's rows per workspace, kept in the feature's
+-- usage counter (a period that never ends) by the triggers attach_limit installs. A row that
+-- would take a workspace past its limit fails with PT402 (PostgREST: 402 Payment Required) and
+-- writes nothing; concurrent inserts queue on the counter's row, so at limit-1 exactly one
+-- lands. TG_ARGV: the workspace column, the feature.
+CREATE FUNCTION entitlements.limit_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    old_ws uuid;
+    new_ws uuid;
+    hard boolean;
+    current_count bigint;
+    lim bigint;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        old_ws := (to_jsonb(OLD) ->> TG_ARGV[0])::uuid;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        new_ws := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
+    END IF;
+    IF old_ws IS NOT DISTINCT FROM new_ws THEN
+        RETURN NULL;
+    END IF;
+    IF new_ws IS NOT NULL THEN
+        SELECT f.hard_limit INTO hard FROM entitlements.features f WHERE f.feature = TG_ARGV[1];
+        INSERT INTO entitlements.usage_counters AS uc (workspace_id, feature, period_start, period_end, used)
+        VALUES (new_ws, TG_ARGV[1], '-infinity', NULL, 0)
+        ON CONFLICT ON CONSTRAINT usage_counters_pkey DO NOTHING;
+        SELECT uc.used INTO current_count FROM entitlements.usage_counters uc
+         WHERE uc.workspace_id = new_ws AND uc.feature = TG_ARGV[1] FOR UPDATE;
+        SELECT s.limit_value INTO lim FROM entitlements.usage_state(new_ws, TG_ARGV[1], clock_timestamp()) s;
+        IF coalesce(hard, true) AND lim IS NOT NULL AND current_count + 1 > lim THEN
+            RAISE EXCEPTION 'pg_entitlements: limit of "%" reached: % of % used', TG_ARGV[1], current_count, lim
+                USING ERRCODE = 'PT402',
+                      DETAIL = format('workspace %s, table %s', new_ws, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME),
+                      HINT = 'A plan with a higher limit, or fewer rows, makes room.';
+        END IF;
+        UPDATE entitlements.usage_counters uc SET used = current_count + 1
+         WHERE uc.workspace_id = new_ws AND uc.feature = TG_ARGV[1];
+    END IF;
+    IF old_ws IS NOT NULL THEN
+        UPDATE entitlements.usage_counters uc SET used = greatest(uc.used - 1, 0)
+         WHERE uc.workspace_id = old_ws AND uc.feature = TG_ARGV[1];
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- TRUNCATE of an attached table: every workspace's count of the feature is 0 again.
+CREATE FUNCTION entitlements.limit_truncate_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE entitlements.usage_counters uc SET used = 0 WHERE uc.feature = TG_ARGV[1];
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION entitlements.attach_limit(tbl regclass, workspace_column name, feature text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    col_type regtype;
+    feature_kind text;
+BEGIN
+    IF tbl IS NULL OR workspace_column IS NULL OR feature IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: tbl, workspace_column and feature must not be NULL'
+            USING ERRCODE = '22004';
+    END IF;
+    SELECT f.kind INTO feature_kind FROM entitlements.features f WHERE f.feature = attach_limit.feature;
+    IF feature_kind IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: unknown feature "%"', feature
+            USING ERRCODE = '22023', HINT = 'The catalog is entitlements.features.';
+    END IF;
+    IF feature_kind <> 'counted' THEN
+        RAISE EXCEPTION 'pg_entitlements: feature "%" is %, not counted', feature, feature_kind
+            USING ERRCODE = '22023', HINT = 'Set features.kind = ''counted'' first.';
+    END IF;
+    SELECT a.atttypid::regtype INTO col_type
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = workspace_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF col_type IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: table % has no column "%"', tbl, workspace_column
+            USING ERRCODE = '22023';
+    END IF;
+    IF col_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'pg_entitlements: column "%" of % is %, not uuid', workspace_column, tbl, col_type
+            USING ERRCODE = '22023';
+    END IF;
+    -- As attach_workspace_table: runs as the extension's owner, so only for tables the calling
+    -- session could put a trigger on itself.
+    IF NOT pg_catalog.pg_has_role(session_user,
+                                  (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = tbl),
+                                  'USAGE') THEN
+        RAISE EXCEPTION 'pg_entitlements: must be the owner of table % to attach a limit to it', tbl
+            USING ERRCODE = '42501';
+    END IF;
+    -- No row may change while the count is taken and the triggers installed.
+    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', tbl);
+    PERFORM entitlements.detach_limit(tbl, feature);
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR DELETE OR UPDATE OF %I ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION entitlements.limit_trigger(%L, %L)',
+                   left('entitlements_limit_' || feature, 63), workspace_column, tbl, workspace_column, feature);
+    EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION entitlements.limit_truncate_trigger(%L, %L)',
+                   left('entitlements_limit_truncate_' || feature, 63), tbl, workspace_column, feature);
+    -- The count starts from the rows already there.
+    DELETE FROM entitlements.usage_counters uc WHERE uc.feature = attach_limit.feature;
+    EXECUTE format('INSERT INTO entitlements.usage_counters (workspace_id, feature, period_start, period_end, used) '
+                   'SELECT %I, %L, ''-infinity'', NULL, count(*) FROM %s WHERE %I IS NOT NULL GROUP BY 1',
+                   workspace_column, feature, tbl, workspace_column);
+END
+$$;
+
+-- Removes attach_limit's triggers (and the counts they kept); says whether there were any.
+CREATE FUNCTION entitlements.detach_limit(tbl regclass, feature text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found_any boolean := false;
+    trigger_name text;
+BEGIN
+    IF tbl IS NULL OR feature IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: tbl and feature must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF NOT pg_catalog.pg_has_role(session_user,
+                                  (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = tbl),
+                                  'USAGE') THEN
+        RAISE EXCEPTION 'pg_entitlements: must be the owner of table % to detach a limit from it', tbl
+            USING ERRCODE = '42501';
+    END IF;
+    FOREACH trigger_name IN ARRAY ARRAY[left('entitlements_limit_' || feature, 63),
+                                        left('entitlements_limit_truncate_' || feature, 63)] LOOP
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = trigger_name) THEN
+            EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, tbl);
+            found_any := true;
+        END IF;
+    END LOOP;
+    IF found_any THEN
+        DELETE FROM entitlements.usage_counters uc WHERE uc.feature = detach_limit.feature;
+    END IF;
+    RETURN found_any;
+END
+$$;
+
 CREATE FUNCTION entitlements."consume"(
 	"workspace_id" uuid, /* Option < Uuid > */
 	"feature" TEXT, /* Option < & str > */
@@ -1164,6 +1318,8 @@ GRANT EXECUTE ON FUNCTION
     entitlements.set_feature_limit(text, text, bigint),
     entitlements.set_limit_override(uuid, text, bigint, timestamptz),
     entitlements.clear_limit_override(uuid, text),
+    entitlements.attach_limit(regclass, name, text),
+    entitlements.detach_limit(regclass, text),
     entitlements.clear_override(uuid, text),
     entitlements.register_workspace(uuid),
     entitlements.unregister_workspace(uuid),

@@ -169,6 +169,8 @@ GRANT EXECUTE ON FUNCTION
     entitlements.set_feature_limit(text, text, bigint),
     entitlements.set_limit_override(uuid, text, bigint, timestamptz),
     entitlements.clear_limit_override(uuid, text),
+    entitlements.attach_limit(regclass, name, text),
+    entitlements.detach_limit(regclass, text),
     entitlements.clear_override(uuid, text),
     entitlements.register_workspace(uuid),
     entitlements.unregister_workspace(uuid),

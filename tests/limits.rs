@@ -521,3 +521,119 @@ fn usage_thresholds_notify_after_commit_only_and_once_per_period() {
     }
     assert_eq!(got, vec![(8, 80), (10, 100)], "each threshold once, none from the rolled back consume");
 }
+
+fn add_counted(c: &mut Client, feature: &str) {
+    exec(c, &format!("INSERT INTO entitlements.features (feature, min_tier, description, kind) VALUES ('{feature}', 'free', 'counted for a test', 'counted')"));
+}
+
+#[test]
+fn eight_concurrent_inserts_at_limit_minus_one_land_exactly_one_row() {
+    let pg = Cluster::start("limits-attach-race");
+    let mut c = pg.connect();
+    add_counted(&mut c, "projects");
+    let ws = new_workspace(&mut c);
+    exec(
+        &mut c,
+        &format!(
+            "SELECT entitlements.set_feature_limit('projects', 'free', 5);
+             CREATE TABLE projects (id serial PRIMARY KEY, workspace_id uuid);
+             INSERT INTO projects (workspace_id) SELECT {ws} FROM generate_series(1, 4);
+             SELECT entitlements.attach_limit('projects', 'workspace_id', 'projects');"
+        ),
+    );
+    assert_eq!(used(&mut c, &ws, "projects"), 4, "the count starts from the rows already there");
+    let start = Arc::new(Barrier::new(8));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, ws, start) = (pg.url("app"), ws.clone(), start.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&url, NoTls).unwrap();
+                start.wait();
+                match c.batch_execute(&format!("INSERT INTO projects (workspace_id) VALUES ({ws})")) {
+                    Ok(()) => "landed".to_owned(),
+                    Err(e) => e.code().map(|s| s.code().to_owned()).unwrap_or_else(|| e.to_string()),
+                }
+            })
+        })
+        .collect();
+    let mut outcomes: Vec<String> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    outcomes.sort();
+    assert_eq!(outcomes, [vec!["PT402".to_owned(); 7], vec!["landed".to_owned()]].concat());
+    let rows: i64 = c.query_one("SELECT count(*) FROM projects", &[]).unwrap().get(0);
+    assert_eq!((rows, used(&mut c, &ws, "projects")), (5, 5));
+}
+
+#[test]
+fn counted_limits_follow_rows_downgrades_and_deletes() {
+    let pg = Cluster::start("limits-attach");
+    let mut c = pg.connect();
+    add_counted(&mut c, "projects");
+    let (ws, other) = (new_workspace(&mut c), new_workspace(&mut c));
+    exec(
+        &mut c,
+        &format!(
+            "SELECT entitlements.set_feature_limit('projects', 'free', 3);
+             SELECT entitlements.set_feature_limit('projects', 'pro', 10);
+             SELECT entitlements.sync_billing_state({ws}, 'pro', 'active');
+             CREATE TABLE projects (id serial PRIMARY KEY, workspace_id uuid, name text);
+             SELECT entitlements.attach_limit('projects', 'workspace_id', 'projects');
+             INSERT INTO projects (workspace_id) SELECT {ws} FROM generate_series(1, 5);"
+        ),
+    );
+    assert_eq!(usage(&mut c, &ws, "projects"), (true, None, 5, Some(10), Some(5)));
+    // A downgrade from 10 to 3: nothing is deleted, new rows are refused, checks deny.
+    exec(&mut c, &format!("SELECT entitlements.sync_billing_state({ws}, 'free', 'active')"));
+    let err = c.batch_execute(&format!("INSERT INTO projects (workspace_id) VALUES ({ws})")).unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "PT402");
+    assert!(db.message().contains("projects") && db.message().contains("5 of 3"), "{}", db.message());
+    assert_eq!(check(&mut c, &ws, "projects"), (false, Some("LIMIT_EXCEEDED".into())));
+    let rows: i64 = c.query_one("SELECT count(*) FROM projects", &[]).unwrap().get(0);
+    assert_eq!(rows, 5, "nothing deleted, nothing written");
+    // Deletes free units; under the limit again, one more row fits.
+    exec(&mut c, &format!("DELETE FROM projects WHERE id IN (SELECT id FROM projects WHERE workspace_id = {ws} LIMIT 3)"));
+    assert_eq!(used(&mut c, &ws, "projects"), 2);
+    assert!(has(&mut c, &ws, "projects"));
+    exec(&mut c, &format!("INSERT INTO projects (workspace_id) VALUES ({ws})"));
+    assert_eq!(sqlstate(&mut c, &format!("INSERT INTO projects (workspace_id) VALUES ({ws})")), "PT402");
+    // Moving a row to another workspace moves its unit; other column updates count nothing.
+    exec(&mut c, &format!("UPDATE projects SET name = 'x' WHERE workspace_id = {ws}"));
+    exec(&mut c, &format!("UPDATE projects SET workspace_id = {other} WHERE id = (SELECT min(id) FROM projects WHERE workspace_id = {ws})"));
+    assert_eq!((used(&mut c, &ws, "projects"), used(&mut c, &other, "projects")), (2, 1));
+    // A rollback takes nothing; TRUNCATE empties the counts; detach removes the triggers.
+    exec(&mut c, &format!("BEGIN; INSERT INTO projects (workspace_id) VALUES ({ws}); ROLLBACK"));
+    assert_eq!(used(&mut c, &ws, "projects"), 2);
+    exec(&mut c, "TRUNCATE projects");
+    assert_eq!(used(&mut c, &ws, "projects"), 0);
+    let detached: bool = c.query_one("SELECT entitlements.detach_limit('projects', 'projects')", &[]).unwrap().get(0);
+    assert!(detached);
+    exec(&mut c, &format!("INSERT INTO projects (workspace_id) SELECT {ws} FROM generate_series(1, 5)"));
+    // Bad input.
+    exec(&mut c, "CREATE TABLE named (id serial, workspace_name text)");
+    assert_eq!(sqlstate(&mut c, "SELECT entitlements.attach_limit('named', 'workspace_name', 'projects')"), "22023");
+    assert_eq!(sqlstate(&mut c, "SELECT entitlements.attach_limit('projects', 'workspace_id', 'ccp-01')"), "22023");
+    assert_eq!(sqlstate(&mut c, "SELECT entitlements.attach_limit('projects', 'workspace_id', 'nope')"), "22023");
+}
+
+#[test]
+fn seats_follow_the_plan_through_workspace_members() {
+    let pg = Cluster::start("limits-seats");
+    let mut c = pg.connect();
+    add_counted(&mut c, "seats");
+    let ws = new_workspace(&mut c);
+    exec(
+        &mut c,
+        &format!(
+            "SELECT entitlements.set_feature_limit('seats', 'free', 2);
+             SELECT entitlements.set_feature_limit('seats', 'pro', 5);
+             SELECT entitlements.register_workspace({ws});
+             SELECT entitlements.add_member({ws}, 'alice');
+             SELECT entitlements.attach_limit('entitlements.workspace_members', 'workspace_id', 'seats');
+             SELECT entitlements.add_member({ws}, 'bob');"
+        ),
+    );
+    assert_eq!(sqlstate(&mut c, &format!("SELECT entitlements.add_member({ws}, 'carol')")), "PT402");
+    exec(&mut c, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'active')"));
+    exec(&mut c, &format!("SELECT entitlements.add_member({ws}, 'carol')"));
+    assert_eq!(usage(&mut c, &ws, "seats"), (true, None, 3, Some(5), Some(2)));
+}
