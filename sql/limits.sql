@@ -174,7 +174,8 @@ BEGIN
 
     SELECT * INTO st FROM entitlements.usage_state(p_workspace_id, p_feature, now_);
 
-    IF p_op = 'read' THEN
+    -- A consume the feature's rules deny answers like usage() and writes nothing.
+    IF p_op = 'read' OR (p_op = 'consume' AND p_denied_by IS NOT NULL) THEN
         new_used := st.used;
         allowed := p_denied_by IS NULL AND (st.limit_value IS NULL OR new_used < st.limit_value);
         reason := CASE WHEN p_denied_by IS NOT NULL THEN p_denied_by
@@ -212,10 +213,6 @@ BEGIN
         IF p_op = 'refund' THEN
             new_used := greatest(c.used - p_quantity, 0);
             allowed := true;
-        ELSIF p_denied_by IS NOT NULL THEN
-            new_used := c.used;
-            allowed := false;
-            reason := p_denied_by;
         ELSIF st.limit_value IS NULL OR NOT f.hard_limit OR c.used + p_quantity <= st.limit_value THEN
             new_used := c.used + p_quantity;
             allowed := true;

@@ -223,6 +223,11 @@ fn checks_say_limit_exceeded_once_used_reaches_the_limit_in_every_session() {
     let free = new_workspace(&mut c);
     assert_eq!(check(&mut other, &free, "seats_calls"), (false, Some("TIER_INSUFFICIENT".into())));
     assert_eq!(consume(&mut c, &free, "seats_calls", 1).1.as_deref(), Some("TIER_INSUFFICIENT"));
+    let rows: i64 = c
+        .query_one(&format!("SELECT count(*) FROM entitlements.usage_counters WHERE workspace_id = {free}"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "a consume the rules refuse writes nothing");
     // A refund frees quota, and the checks follow.
     exec(&mut c, &format!("SELECT entitlements.refund({ws}, 'seats_calls', 1)"));
     assert!(has(&mut other, &ws, "seats_calls"));
