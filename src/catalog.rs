@@ -33,9 +33,10 @@ impl FeatureInputs {
 
 const UUID: pg_sys::Oid = BuiltinOid::UUIDOID.value();
 const TEXT: pg_sys::Oid = BuiltinOid::TEXTOID.value();
+const TIMESTAMPTZ: pg_sys::Oid = BuiltinOid::TIMESTAMPTZOID.value();
 
 macro_rules! inputs_query {
-    ($usage_columns:literal, $usage_join:literal, $tail:literal) => {
+    ($usage_columns:literal, $usage_join:literal, $now:literal, $usage_join_end:literal, $tail:literal) => {
         concat!(
             "SELECT f.feature, ft.level, coalesce(b.tier, 'free'), coalesce(t.level, 0),
                     coalesce(b.status, 'none'), b.trial_end, b.past_due_since, o.enabled, o.expires_at,
@@ -48,16 +49,23 @@ macro_rules! inputs_query {
                LEFT JOIN entitlements.tiers t ON t.tier = b.tier
                LEFT JOIN entitlements.overrides o ON o.workspace_id = $1 AND o.feature = f.feature ",
             $usage_join,
+            $now,
+            $usage_join_end,
             $tail
         )
     };
-    ($tail:literal) => {
-        // Usage is read for metered and counted features only (a one-time filter for the others).
+    ($now:literal, $tail:literal) => {
+        // Usage is read for metered and counted features only: OFFSET 0 keeps the subquery
+        // apart, so its filter on the outer row is a one-time filter and boolean features never
+        // read usage. The clock comes as a parameter: a volatile argument would keep PostgreSQL
+        // from inlining usage_state, which then costs a plan per call.
         inputs_query!(
             "f.kind <> 'boolean', u.used, u.limit_value",
             "LEFT JOIN LATERAL (SELECT s.used, s.limit_value
-                                  FROM entitlements.usage_state($1, f.feature, pg_catalog.clock_timestamp()) s
-                                 WHERE f.kind <> 'boolean') u ON true ",
+                                  FROM entitlements.usage_state($1, f.feature, ",
+            $now,
+            ") s
+                                 WHERE f.kind <> 'boolean' OFFSET 0) u ON true ",
             $tail
         )
     };
@@ -67,12 +75,14 @@ macro_rules! inputs_query {
 /// replaced, `ALTER EXTENSION ... UPDATE` not yet run): every feature is boolean there.
 macro_rules! inputs_query_before_limits {
     ($tail:literal) => {
-        inputs_query!("false, NULL::bigint, NULL::bigint", "", $tail)
+        inputs_query!("false, NULL::bigint, NULL::bigint", "", "", "", $tail)
     };
 }
 
-static ONE_FEATURE: Stmt = Stmt { sql: inputs_query!("WHERE f.feature = $2"), args: &[UUID, TEXT] };
-static ALL_FEATURES: Stmt = Stmt { sql: inputs_query!("ORDER BY ft.level, f.feature"), args: &[UUID] };
+static ONE_FEATURE: Stmt =
+    Stmt { sql: inputs_query!("$3", "WHERE f.feature = $2"), args: &[UUID, TEXT, TIMESTAMPTZ] };
+static ALL_FEATURES: Stmt =
+    Stmt { sql: inputs_query!("$2", "ORDER BY ft.level, f.feature"), args: &[UUID, TIMESTAMPTZ] };
 static ONE_FEATURE_BEFORE_LIMITS: Stmt =
     Stmt { sql: inputs_query_before_limits!("WHERE f.feature = $2"), args: &[UUID, TEXT] };
 static ALL_FEATURES_BEFORE_LIMITS: Stmt =
@@ -134,14 +144,21 @@ fn feature_inputs_of(row: &Row) -> FeatureInputs {
 
 /// The inputs for one feature, or `None` if the catalog has no such feature.
 pub fn feature_inputs(workspace_id: pgrx::Uuid, feature: &str, snapshot: Snapshot) -> Option<FeatureInputs> {
-    let stmt = if schema_has_limits() { &ONE_FEATURE } else { &ONE_FEATURE_BEFORE_LIMITS };
-    spi_read::query(stmt, &[workspace_id.into(), feature.into()], snapshot, 1, feature_inputs_of).pop()
+    if !schema_has_limits() {
+        let args = [workspace_id.into(), feature.into()];
+        return spi_read::query(&ONE_FEATURE_BEFORE_LIMITS, &args, snapshot, 1, feature_inputs_of).pop();
+    }
+    let args = [workspace_id.into(), feature.into(), crate::pgutil::timestamptz(crate::pgutil::now()).into()];
+    spi_read::query(&ONE_FEATURE, &args, snapshot, 1, feature_inputs_of).pop()
 }
 
 /// The inputs for every catalog feature, lowest tier first.
 pub fn all_feature_inputs(workspace_id: pgrx::Uuid, snapshot: Snapshot) -> Vec<FeatureInputs> {
-    let stmt = if schema_has_limits() { &ALL_FEATURES } else { &ALL_FEATURES_BEFORE_LIMITS };
-    spi_read::query(stmt, &[workspace_id.into()], snapshot, 0, feature_inputs_of)
+    if !schema_has_limits() {
+        return spi_read::query(&ALL_FEATURES_BEFORE_LIMITS, &[workspace_id.into()], snapshot, 0, feature_inputs_of);
+    }
+    let args = [workspace_id.into(), crate::pgutil::timestamptz(crate::pgutil::now()).into()];
+    spi_read::query(&ALL_FEATURES, &args, snapshot, 0, feature_inputs_of)
 }
 
 pub fn is_member(workspace_id: pgrx::Uuid, user: &str, snapshot: Snapshot) -> bool {

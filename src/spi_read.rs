@@ -78,8 +78,17 @@ fn plan(stmt: &'static Stmt) -> pg_sys::SPIPlanPtr {
     let sql = or_internal(std::ffi::CString::new(stmt.sql));
     // SAFETY: inside an SPI connection; argtypes has `args.len()` elements. SPI_keepplan
     // moves the plan out of the procedure context so it outlives this connection.
+    // A generic plan, planned once: the statements are lookups by key whose best plan does not
+    // depend on the values, and the plan cache would otherwise re-plan the larger ones (the
+    // usage reads inline their SQL functions) on every call when it estimates a custom plan
+    // cheaper.
     let p = unsafe {
-        let p = pg_sys::SPI_prepare(sql.as_ptr(), stmt.args.len() as i32, stmt.args.as_ptr().cast_mut());
+        let p = pg_sys::SPI_prepare_cursor(
+            sql.as_ptr(),
+            stmt.args.len() as i32,
+            stmt.args.as_ptr().cast_mut(),
+            pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+        );
         if p.is_null() {
             let code = pg_sys::SPI_result;
             crate::errors::internal(format!("SPI_prepare failed: {code}"));
