@@ -228,7 +228,8 @@ BEGIN
         IF new_used <> c.used THEN
             -- Thresholds reached for the first time in this period are announced; NOTIFY is
             -- delivered only if the caller's transaction commits.
-            IF new_used > c.used AND st.limit_value > 0 THEN
+            -- (Every threshold is at least 1%: below that there is nothing to look up.)
+            IF new_used > c.used AND st.limit_value > 0 AND new_used::numeric * 100 >= st.limit_value THEN
                 FOR threshold IN
                     SELECT DISTINCT t.v::integer
                       FROM unnest(string_to_array(current_setting('pg_entitlements.usage_thresholds'), ',')) AS t(v)

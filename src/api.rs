@@ -49,7 +49,7 @@ pub fn resolve(inputs: &FeatureInputs, now: i64, past_due_grace: i64) -> Decisio
 /// The feature's rules without its usage limit (what `consume` decides the limit of itself,
 /// under the counter's lock); `None` for a feature the catalog does not know.
 pub fn decide_access_uncached(workspace_id: Uuid, feature: &str) -> Option<Decision> {
-    let inputs = cache::read_decision_inputs(|s| catalog::feature_inputs(workspace_id, feature, s))?;
+    let inputs = cache::read_decision_inputs(|s| catalog::feature_access_inputs(workspace_id, feature, s))?;
     Some(resolver::decide_access(&resolver_inputs(&inputs, now(), gucs::past_due_grace_micros())))
 }
 

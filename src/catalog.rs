@@ -71,8 +71,9 @@ macro_rules! inputs_query {
     };
 }
 
-/// The same reads for a database whose schema predates usage limits (a library already
-/// replaced, `ALTER EXTENSION ... UPDATE` not yet run): every feature is boolean there.
+/// The same reads without usage: for a database whose schema predates usage limits (a library
+/// already replaced, `ALTER EXTENSION ... UPDATE` not yet run: every feature is boolean there),
+/// and for `consume`, which reads usage itself.
 macro_rules! inputs_query_before_limits {
     ($tail:literal) => {
         inputs_query!("false, NULL::bigint, NULL::bigint", "", "", "", $tail)
@@ -150,6 +151,13 @@ pub fn feature_inputs(workspace_id: pgrx::Uuid, feature: &str, snapshot: Snapsho
     }
     let args = [workspace_id.into(), feature.into(), crate::pgutil::timestamptz(crate::pgutil::now()).into()];
     spi_read::query(&ONE_FEATURE, &args, snapshot, 1, feature_inputs_of).pop()
+}
+
+/// The inputs for one feature without its usage (`usage` is `None`): what `consume` decides
+/// the feature's other rules from, before it reads the counter under its lock.
+pub fn feature_access_inputs(workspace_id: pgrx::Uuid, feature: &str, snapshot: Snapshot) -> Option<FeatureInputs> {
+    let args = [workspace_id.into(), feature.into()];
+    spi_read::query(&ONE_FEATURE_BEFORE_LIMITS, &args, snapshot, 1, feature_inputs_of).pop()
 }
 
 /// The inputs for every catalog feature, lowest tier first.
