@@ -106,6 +106,7 @@ CREATE POLICY reader_reads ON entitlements.stripe_customer_locks FOR SELECT TO e
 CREATE POLICY reader_reads ON entitlements.limit_overrides FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.usage_counters FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.usage_periods FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.usage_idempotency FOR SELECT TO entitlements_reader USING (true);
 
 -- ---------------------------------------------------------------------------------------
 -- Grants: first nothing for PUBLIC, then exactly what each role needs.
@@ -204,7 +205,7 @@ GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspac
                 entitlements.entitlement_checks_summary, entitlements.denials_by_reason,
                 entitlements.stripe_price_tiers, entitlements.stripe_customers,
                 entitlements.stripe_subscriptions, entitlements.stripe_events,
-                entitlements.stripe_customer_locks
+                entitlements.stripe_customer_locks, entitlements.usage_idempotency
    TO entitlements_reader;
 
 -- Monitoring: the counters span every database of the cluster.
