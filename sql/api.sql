@@ -305,7 +305,8 @@ CREATE FUNCTION entitlements.sync_billing_state(
     status text,
     trial_end timestamptz DEFAULT NULL,
     current_period_end timestamptz DEFAULT NULL,
-    cancel_at_period_end boolean DEFAULT false
+    cancel_at_period_end boolean DEFAULT false,
+    current_period_start timestamptz DEFAULT NULL
 ) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -326,14 +327,17 @@ BEGIN
                   HINT = 'One of trialing, active, past_due, canceled, unpaid, incomplete, incomplete_expired, paused, none.';
     END IF;
     INSERT INTO entitlements.billing_state AS b
-           (workspace_id, tier, status, trial_end, current_period_end, cancel_at_period_end)
+           (workspace_id, tier, status, trial_end, current_period_end, cancel_at_period_end,
+            current_period_start)
     VALUES (sync_billing_state.workspace_id, sync_billing_state.tier, sync_billing_state.status,
             sync_billing_state.trial_end, sync_billing_state.current_period_end,
-            coalesce(sync_billing_state.cancel_at_period_end, false))
+            coalesce(sync_billing_state.cancel_at_period_end, false),
+            sync_billing_state.current_period_start)
     ON CONFLICT ON CONSTRAINT billing_state_pkey DO UPDATE
        SET tier = EXCLUDED.tier, status = EXCLUDED.status, trial_end = EXCLUDED.trial_end,
            current_period_end = EXCLUDED.current_period_end,
-           cancel_at_period_end = EXCLUDED.cancel_at_period_end;
+           cancel_at_period_end = EXCLUDED.cancel_at_period_end,
+           current_period_start = EXCLUDED.current_period_start;
 END
 $$;
 

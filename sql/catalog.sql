@@ -14,6 +14,19 @@ CREATE TYPE entitlements.check_result AS (
     required_tier text
 );
 
+-- What consume, refund and usage answer (limit_value and remaining NULL when unlimited;
+-- the period NULL for a limit that never resets).
+CREATE TYPE entitlements.usage_result AS (
+    feature text,
+    allowed boolean,
+    reason text,
+    used bigint,
+    limit_value bigint,
+    remaining bigint,
+    period_start timestamptz,
+    period_end timestamptz
+);
+
 -- level orders the tiers. Its uniqueness is checked at commit (DEFERRABLE INITIALLY DEFERRED), so
 -- one transaction can shift the levels above a point and insert a tier between two.
 CREATE TABLE entitlements.tiers (
@@ -25,7 +38,15 @@ CREATE TABLE entitlements.tiers (
 CREATE TABLE entitlements.features (
     feature text PRIMARY KEY,
     min_tier text NOT NULL REFERENCES entitlements.tiers ON UPDATE CASCADE,
-    description text
+    description text,
+    -- boolean: on or off. metered: consumed with consume(), counted per reset period.
+    -- counted: the number of rows of an app table (seats, projects).
+    kind text NOT NULL DEFAULT 'boolean' CHECK (kind IN ('boolean', 'metered', 'counted')),
+    -- For metered features; NULL counts as billing_period.
+    reset_period text CHECK (reset_period IN ('billing_period', 'month', 'day', 'never')),
+    -- false: consume past the limit is allowed (the overage shows in usage()); checks still
+    -- deny once used >= limit.
+    hard_limit boolean NOT NULL DEFAULT true
 );
 
 -- Registered workspaces: the rows of the entitlement matrix (a view) exist for these.
@@ -45,7 +66,10 @@ CREATE TABLE entitlements.billing_state (
     current_period_end timestamptz,
     cancel_at_period_end boolean NOT NULL DEFAULT false,
     past_due_since timestamptz,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    -- The subscription's current period, with current_period_end: what billing_period
+    -- usage counters reset on.
+    current_period_start timestamptz
 );
 
 CREATE TABLE entitlements.overrides (

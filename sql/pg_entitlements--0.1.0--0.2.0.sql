@@ -832,6 +832,597 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'write_token_wrapper';
 
 -- ---------------------------------------------------------------------------------------
+-- Usage limits: feature kinds, limits per tier and per workspace, usage counters consumed in
+-- the caller's transaction, the billing period's start (sql/limits.sql).
+-- ---------------------------------------------------------------------------------------
+CREATE TYPE entitlements.usage_result AS (
+    feature text,
+    allowed boolean,
+    reason text,
+    used bigint,
+    limit_value bigint,
+    remaining bigint,
+    period_start timestamptz,
+    period_end timestamptz
+);
+ALTER TABLE entitlements.features
+    ADD COLUMN kind text NOT NULL DEFAULT 'boolean' CHECK (kind IN ('boolean', 'metered', 'counted')),
+    ADD COLUMN reset_period text CHECK (reset_period IN ('billing_period', 'month', 'day', 'never')),
+    ADD COLUMN hard_limit boolean NOT NULL DEFAULT true;
+ALTER TABLE entitlements.billing_state ADD COLUMN current_period_start timestamptz;
+-- sync_billing_state gains the period's start (a trailing parameter: existing calls keep working).
+DROP FUNCTION entitlements.sync_billing_state(uuid, text, text, timestamptz, timestamptz, boolean);
+CREATE FUNCTION entitlements.sync_billing_state(
+    workspace_id uuid,
+    tier text,
+    status text,
+    trial_end timestamptz DEFAULT NULL,
+    current_period_end timestamptz DEFAULT NULL,
+    cancel_at_period_end boolean DEFAULT false,
+    current_period_start timestamptz DEFAULT NULL
+) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF workspace_id IS NULL OR tier IS NULL OR status IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: workspace_id, tier and status must not be NULL'
+            USING ERRCODE = '22004';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM entitlements.tiers t WHERE t.tier = sync_billing_state.tier) THEN
+        RAISE EXCEPTION 'pg_entitlements: unknown tier "%"', tier
+            USING ERRCODE = '22023', HINT = 'The tiers are in entitlements.tiers.';
+    END IF;
+    IF status NOT IN ('trialing', 'active', 'past_due', 'canceled', 'unpaid', 'incomplete',
+                      'incomplete_expired', 'paused', 'none') THEN
+        RAISE EXCEPTION 'pg_entitlements: unknown status "%"', status
+            USING ERRCODE = '22023',
+                  HINT = 'One of trialing, active, past_due, canceled, unpaid, incomplete, incomplete_expired, paused, none.';
+    END IF;
+    INSERT INTO entitlements.billing_state AS b
+           (workspace_id, tier, status, trial_end, current_period_end, cancel_at_period_end,
+            current_period_start)
+    VALUES (sync_billing_state.workspace_id, sync_billing_state.tier, sync_billing_state.status,
+            sync_billing_state.trial_end, sync_billing_state.current_period_end,
+            coalesce(sync_billing_state.cancel_at_period_end, false),
+            sync_billing_state.current_period_start)
+    ON CONFLICT ON CONSTRAINT billing_state_pkey DO UPDATE
+       SET tier = EXCLUDED.tier, status = EXCLUDED.status, trial_end = EXCLUDED.trial_end,
+           current_period_end = EXCLUDED.current_period_end,
+           cancel_at_period_end = EXCLUDED.cancel_at_period_end,
+           current_period_start = EXCLUDED.current_period_start;
+END
+$$;
+
+-- pg_entitlements usage limits: how much of a metered feature a workspace may use, and what
+-- it has used. The counter is a row that consume() locks, in the caller's transaction: a
+-- rollback returns the quantity, and concurrent consumers queue on the row, so a hard limit
+-- is never exceeded. docs/LIMITS.md describes the model.
+
+-- The allowance per tier: a workspace's limit is the row of the highest tier at or below its
+-- tier. NULL limit_value = unlimited, explicitly; no row at or below = an allowance of 0.
+CREATE TABLE entitlements.feature_limits (
+    feature text NOT NULL REFERENCES entitlements.features ON UPDATE CASCADE ON DELETE CASCADE,
+    tier text NOT NULL REFERENCES entitlements.tiers ON UPDATE CASCADE ON DELETE CASCADE,
+    limit_value bigint CHECK (limit_value >= 0),
+    PRIMARY KEY (feature, tier)
+);
+
+-- A workspace's own limit for a feature, replacing the tier's while unexpired (NULL = unlimited).
+CREATE TABLE entitlements.limit_overrides (
+    workspace_id uuid NOT NULL,
+    feature text NOT NULL REFERENCES entitlements.features ON UPDATE CASCADE ON DELETE CASCADE,
+    limit_value bigint CHECK (limit_value >= 0),
+    expires_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (workspace_id, feature)
+);
+
+-- The current period's usage, one row per (workspace, feature): the row consume() locks. A
+-- period that never resets starts at -infinity and has no end.
+CREATE TABLE entitlements.usage_counters (
+    workspace_id uuid NOT NULL,
+    feature text NOT NULL REFERENCES entitlements.features ON UPDATE CASCADE ON DELETE CASCADE,
+    period_start timestamptz NOT NULL,
+    period_end timestamptz,
+    used bigint NOT NULL DEFAULT 0 CHECK (used >= 0),
+    -- The usage thresholds (percent of the limit) already announced in this period.
+    thresholds_notified integer[] NOT NULL DEFAULT '{}',
+    PRIMARY KEY (workspace_id, feature)
+);
+
+-- Every finished period with what was used in it: for invoicing and for DBAs.
+CREATE TABLE entitlements.usage_periods (
+    workspace_id uuid NOT NULL,
+    feature text NOT NULL,
+    period_start timestamptz NOT NULL,
+    period_end timestamptz,
+    used bigint NOT NULL,
+    PRIMARY KEY (workspace_id, feature, period_start)
+);
+
+-- The first answer given to each idempotency key, per workspace, feature and period.
+CREATE TABLE entitlements.usage_idempotency (
+    workspace_id uuid NOT NULL,
+    feature text NOT NULL,
+    period_start timestamptz NOT NULL,
+    idempotency_key text NOT NULL,
+    result entitlements.usage_result NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (workspace_id, feature, period_start, idempotency_key)
+);
+
+SELECT pg_catalog.pg_extension_config_dump('entitlements.feature_limits', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.limit_overrides', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.usage_counters', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.usage_periods', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.usage_idempotency', '');
+
+-- The period a usage counter covers at `at`. billing_period: the subscription's period when
+-- it is known and `at` is inside it, else the calendar month (UTC), as for month. A period
+-- that never resets starts at -infinity and has no end.
+-- This function and usage_state have no SET clause so that PostgreSQL inlines them into the
+-- queries that call them (a SET clause forces a plan per call, which made consume several
+-- times slower); those queries run with search_path pinned (the checks' reads, and the SECURITY
+-- DEFINER functions here), and the bodies name every table with its schema.
+CREATE FUNCTION entitlements.usage_period(
+    reset_period text, billing_start timestamptz, billing_end timestamptz, at timestamptz)
+RETURNS TABLE (period_start timestamptz, period_end timestamptz)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT CASE
+             WHEN reset_period = 'never' THEN '-infinity'::timestamptz
+             WHEN reset_period = 'day' THEN date_trunc('day', at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+             WHEN coalesce(reset_period, 'billing_period') = 'billing_period'
+                  AND billing_start <= at AND at < billing_end THEN billing_start
+             ELSE date_trunc('month', at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+           END,
+           CASE
+             WHEN reset_period = 'never' THEN NULL
+             WHEN reset_period = 'day' THEN (date_trunc('day', at AT TIME ZONE 'UTC') + interval '1 day') AT TIME ZONE 'UTC'
+             WHEN coalesce(reset_period, 'billing_period') = 'billing_period'
+                  AND billing_start <= at AND at < billing_end THEN billing_end
+             ELSE (date_trunc('month', at AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC'
+           END
+$$;
+
+-- A workspace's usage of one feature at `at`: the current period, what was used in it, and
+-- the limit (NULL = unlimited). The one implementation of limit resolution: the checks read
+-- it as the caller (RLS applies), consume() as the extension's owner.
+CREATE FUNCTION entitlements.usage_state(workspace_id uuid, feature text, at timestamptz)
+RETURNS TABLE (used bigint, limit_value bigint, period_start timestamptz, period_end timestamptz)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN c.period_start = p.period_start THEN c.used ELSE 0 END,
+           CASE WHEN o.found THEN o.limit_value
+                WHEN t.found THEN t.limit_value
+                ELSE 0                      -- no row at or below the tier: nothing allowed
+           END,
+           p.period_start,
+           p.period_end
+      FROM entitlements.features f
+      LEFT JOIN entitlements.billing_state b ON b.workspace_id = usage_state.workspace_id
+      -- A counted feature's count never resets: it is the number of rows there are.
+      CROSS JOIN LATERAL entitlements.usage_period(CASE WHEN f.kind = 'counted' THEN 'never'
+                                                        ELSE f.reset_period END,
+                                                   b.current_period_start, b.current_period_end,
+                                                   usage_state.at) p
+      LEFT JOIN entitlements.usage_counters c
+             ON c.workspace_id = usage_state.workspace_id AND c.feature = f.feature
+      LEFT JOIN LATERAL (
+            SELECT true AS found, lo.limit_value FROM entitlements.limit_overrides lo
+             WHERE lo.workspace_id = usage_state.workspace_id AND lo.feature = f.feature
+               AND (lo.expires_at IS NULL OR lo.expires_at > usage_state.at)) o ON true
+      LEFT JOIN LATERAL (
+            SELECT true AS found, fl.limit_value
+              FROM entitlements.feature_limits fl
+              JOIN entitlements.tiers lt ON lt.tier = fl.tier
+             WHERE fl.feature = f.feature
+               AND lt.level <= coalesce((SELECT wt.level FROM entitlements.tiers wt
+                                          WHERE wt.tier = coalesce(b.tier, 'free')), 0)
+             ORDER BY lt.level DESC
+             LIMIT 1) t ON true
+     WHERE f.feature = usage_state.feature
+$$;
+
+-- consume, refund and usage, once the library has authorized the caller and decided the
+-- feature's other rules (denied_by: their reason, NULL when they pass). Called only by the
+-- library (nobody is granted EXECUTE). op: 'consume', 'refund' or 'read'.
+CREATE FUNCTION entitlements.usage_apply(
+    p_workspace_id uuid, p_feature text, p_quantity bigint, p_idempotency_key text,
+    p_op text, p_denied_by text)
+RETURNS entitlements.usage_result
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- Planned once per session: every statement here is a lookup by key.
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    f record;
+    st record;
+    c entitlements.usage_counters;
+    r entitlements.usage_result;
+    now_ timestamptz := clock_timestamp();
+    new_used bigint;
+    allowed boolean;
+    reason text;
+    threshold integer;
+BEGIN
+    SELECT fe.kind, fe.hard_limit INTO f FROM entitlements.features fe WHERE fe.feature = p_feature;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_entitlements: unknown feature "%"', p_feature
+            USING ERRCODE = '22023', HINT = 'The catalog is entitlements.features.';
+    END IF;
+    IF p_op <> 'read' THEN
+        IF p_quantity <= 0 THEN
+            RAISE EXCEPTION 'pg_entitlements: quantity must be positive, not %', p_quantity
+                USING ERRCODE = '22023';
+        END IF;
+        IF f.kind <> 'metered' THEN
+            RAISE EXCEPTION 'pg_entitlements: feature "%" is %, not metered: only metered features are consumed or refunded', p_feature, f.kind
+                USING ERRCODE = '22023',
+                      HINT = 'A counted feature counts rows of a table; a boolean one has no usage.';
+        END IF;
+        IF length(p_idempotency_key) > 255 THEN
+            RAISE EXCEPTION 'pg_entitlements: idempotency_key is longer than 255 characters'
+                USING ERRCODE = '22023';
+        END IF;
+    ELSIF f.kind = 'boolean' THEN
+        RAISE EXCEPTION 'pg_entitlements: feature "%" is boolean: it has no usage', p_feature
+            USING ERRCODE = '22023';
+    END IF;
+
+    SELECT * INTO st FROM entitlements.usage_state(p_workspace_id, p_feature, now_);
+
+    -- A consume the feature's rules deny answers like usage() and writes nothing.
+    IF p_op = 'read' OR (p_op = 'consume' AND p_denied_by IS NOT NULL) THEN
+        new_used := st.used;
+        allowed := p_denied_by IS NULL AND (st.limit_value IS NULL OR new_used < st.limit_value);
+        reason := CASE WHEN p_denied_by IS NOT NULL THEN p_denied_by
+                       WHEN NOT allowed THEN 'LIMIT_EXCEEDED' END;
+    ELSE
+        -- The counter row, locked: concurrent consumers of this workspace's feature queue here.
+        INSERT INTO entitlements.usage_counters AS uc (workspace_id, feature, period_start, period_end, used)
+        VALUES (p_workspace_id, p_feature, st.period_start, st.period_end, 0)
+        ON CONFLICT ON CONSTRAINT usage_counters_pkey DO NOTHING;
+        SELECT * INTO c FROM entitlements.usage_counters uc
+         WHERE uc.workspace_id = p_workspace_id AND uc.feature = p_feature FOR UPDATE;
+        -- A new period: keep the finished one, start from 0 (lazily: no scheduler).
+        IF c.period_start IS DISTINCT FROM st.period_start THEN
+            INSERT INTO entitlements.usage_periods AS up (workspace_id, feature, period_start, period_end, used)
+            VALUES (p_workspace_id, p_feature, c.period_start, c.period_end, c.used)
+            ON CONFLICT ON CONSTRAINT usage_periods_pkey DO UPDATE
+               SET used = up.used + EXCLUDED.used, period_end = EXCLUDED.period_end;
+            UPDATE entitlements.usage_counters uc
+               SET period_start = st.period_start, period_end = st.period_end, used = 0,
+                   thresholds_notified = '{}'
+             WHERE uc.workspace_id = p_workspace_id AND uc.feature = p_feature;
+            c.used := 0;
+            c.thresholds_notified := '{}';
+        END IF;
+        IF p_idempotency_key IS NOT NULL THEN
+            -- Read after the lock: a racing call with the same key has committed by now (or
+            -- rolled back, and then this one takes the quantity).
+            SELECT (i.result).* INTO r FROM entitlements.usage_idempotency i
+             WHERE i.workspace_id = p_workspace_id AND i.feature = p_feature
+               AND i.period_start = st.period_start AND i.idempotency_key = p_idempotency_key;
+            IF FOUND THEN
+                RETURN r;
+            END IF;
+        END IF;
+        IF p_op = 'refund' THEN
+            new_used := greatest(c.used - p_quantity, 0);
+            allowed := true;
+        ELSIF st.limit_value IS NULL OR NOT f.hard_limit OR c.used + p_quantity <= st.limit_value THEN
+            new_used := c.used + p_quantity;
+            allowed := true;
+        ELSE
+            new_used := c.used;
+            allowed := false;
+            reason := 'LIMIT_EXCEEDED';
+        END IF;
+        IF new_used <> c.used THEN
+            -- Thresholds reached for the first time in this period are announced; NOTIFY is
+            -- delivered only if the caller's transaction commits.
+            -- (Every threshold is at least 1%: below that there is nothing to look up.)
+            IF new_used > c.used AND st.limit_value > 0 AND new_used::numeric * 100 >= st.limit_value THEN
+                FOR threshold IN
+                    SELECT DISTINCT t.v::integer
+                      FROM unnest(string_to_array(current_setting('pg_entitlements.usage_thresholds'), ',')) AS t(v)
+                     WHERE btrim(t.v) <> ''
+                     ORDER BY 1
+                LOOP
+                    IF new_used::numeric * 100 >= threshold::numeric * st.limit_value
+                       AND NOT threshold = ANY (c.thresholds_notified) THEN
+                        PERFORM pg_notify('pg_entitlements_usage', json_build_object(
+                            'workspace_id', p_workspace_id, 'feature', p_feature, 'used', new_used,
+                            'limit', st.limit_value, 'threshold', threshold)::text);
+                        c.thresholds_notified := c.thresholds_notified || threshold;
+                    END IF;
+                END LOOP;
+            END IF;
+            UPDATE entitlements.usage_counters uc
+               SET used = new_used, thresholds_notified = c.thresholds_notified
+             WHERE uc.workspace_id = p_workspace_id AND uc.feature = p_feature;
+        END IF;
+    END IF;
+
+    r := ROW(p_feature, allowed, reason, new_used, st.limit_value,
+             CASE WHEN st.limit_value IS NOT NULL THEN greatest(st.limit_value - new_used, 0) END,
+             CASE WHEN st.period_start <> '-infinity' THEN st.period_start END, st.period_end);
+    -- A refused consume changes nothing, so its key stays free for a retry.
+    IF p_op <> 'read' AND allowed AND p_idempotency_key IS NOT NULL THEN
+        INSERT INTO entitlements.usage_idempotency (workspace_id, feature, period_start, idempotency_key, result)
+        VALUES (p_workspace_id, p_feature, st.period_start, p_idempotency_key, r);
+    END IF;
+    RETURN r;
+END
+$$;
+
+CREATE FUNCTION entitlements.set_feature_limit(feature text, tier text, limit_value bigint)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF feature IS NULL OR tier IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: feature and tier must not be NULL'
+            USING ERRCODE = '22004', HINT = 'A NULL limit_value means unlimited.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM entitlements.features f WHERE f.feature = set_feature_limit.feature) THEN
+        RAISE EXCEPTION 'pg_entitlements: unknown feature "%"', feature
+            USING ERRCODE = '22023', HINT = 'The catalog is entitlements.features.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM entitlements.tiers t WHERE t.tier = set_feature_limit.tier) THEN
+        RAISE EXCEPTION 'pg_entitlements: unknown tier "%"', tier
+            USING ERRCODE = '22023', HINT = 'The tiers are in entitlements.tiers.';
+    END IF;
+    IF limit_value < 0 THEN
+        RAISE EXCEPTION 'pg_entitlements: limit_value must not be negative' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO entitlements.feature_limits AS l (feature, tier, limit_value)
+    VALUES (set_feature_limit.feature, set_feature_limit.tier, set_feature_limit.limit_value)
+    ON CONFLICT ON CONSTRAINT feature_limits_pkey DO UPDATE SET limit_value = EXCLUDED.limit_value;
+END
+$$;
+
+CREATE FUNCTION entitlements.set_limit_override(
+    workspace_id uuid, feature text, limit_value bigint, expires_at timestamptz DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF workspace_id IS NULL OR feature IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: workspace_id and feature must not be NULL'
+            USING ERRCODE = '22004', HINT = 'A NULL limit_value means unlimited.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM entitlements.features f WHERE f.feature = set_limit_override.feature) THEN
+        RAISE EXCEPTION 'pg_entitlements: unknown feature "%"', feature
+            USING ERRCODE = '22023', HINT = 'The catalog is entitlements.features.';
+    END IF;
+    IF limit_value < 0 THEN
+        RAISE EXCEPTION 'pg_entitlements: limit_value must not be negative' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO entitlements.limit_overrides AS o (workspace_id, feature, limit_value, expires_at)
+    VALUES (set_limit_override.workspace_id, set_limit_override.feature,
+            set_limit_override.limit_value, set_limit_override.expires_at)
+    ON CONFLICT ON CONSTRAINT limit_overrides_pkey DO UPDATE
+       SET limit_value = EXCLUDED.limit_value, expires_at = EXCLUDED.expires_at, created_at = now();
+END
+$$;
+
+CREATE FUNCTION entitlements.clear_limit_override(workspace_id uuid, feature text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM entitlements.limit_overrides o
+     WHERE o.workspace_id = clear_limit_override.workspace_id AND o.feature = clear_limit_override.feature;
+    RETURN FOUND;
+END
+$$;
+
+-- Counted features: the count of an app table's rows per workspace, kept in the feature's
+-- usage counter (a period that never ends) by the triggers attach_limit installs. A row that
+-- would take a workspace past its limit fails with PT402 (PostgREST: 402 Payment Required) and
+-- writes nothing; concurrent inserts queue on the counter's row, so at limit-1 exactly one
+-- lands. TG_ARGV: the workspace column, the feature.
+CREATE FUNCTION entitlements.limit_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    old_ws uuid;
+    new_ws uuid;
+    hard boolean;
+    current_count bigint;
+    lim bigint;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        old_ws := (to_jsonb(OLD) ->> TG_ARGV[0])::uuid;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        new_ws := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
+    END IF;
+    IF old_ws IS NOT DISTINCT FROM new_ws THEN
+        RETURN NULL;
+    END IF;
+    IF new_ws IS NOT NULL THEN
+        SELECT f.hard_limit INTO hard FROM entitlements.features f WHERE f.feature = TG_ARGV[1];
+        INSERT INTO entitlements.usage_counters AS uc (workspace_id, feature, period_start, period_end, used)
+        VALUES (new_ws, TG_ARGV[1], '-infinity', NULL, 0)
+        ON CONFLICT ON CONSTRAINT usage_counters_pkey DO NOTHING;
+        SELECT uc.used INTO current_count FROM entitlements.usage_counters uc
+         WHERE uc.workspace_id = new_ws AND uc.feature = TG_ARGV[1] FOR UPDATE;
+        SELECT s.limit_value INTO lim FROM entitlements.usage_state(new_ws, TG_ARGV[1], clock_timestamp()) s;
+        IF coalesce(hard, true) AND lim IS NOT NULL AND current_count + 1 > lim THEN
+            RAISE EXCEPTION 'pg_entitlements: limit of "%" reached: % of % used', TG_ARGV[1], current_count, lim
+                USING ERRCODE = 'PT402',
+                      DETAIL = format('workspace %s, table %s', new_ws, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME),
+                      HINT = 'A plan with a higher limit, or fewer rows, makes room.';
+        END IF;
+        UPDATE entitlements.usage_counters uc SET used = current_count + 1
+         WHERE uc.workspace_id = new_ws AND uc.feature = TG_ARGV[1];
+    END IF;
+    IF old_ws IS NOT NULL THEN
+        UPDATE entitlements.usage_counters uc SET used = greatest(uc.used - 1, 0)
+         WHERE uc.workspace_id = old_ws AND uc.feature = TG_ARGV[1];
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- TRUNCATE of an attached table: every workspace's count of the feature is 0 again.
+CREATE FUNCTION entitlements.limit_truncate_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE entitlements.usage_counters uc SET used = 0 WHERE uc.feature = TG_ARGV[1];
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION entitlements.attach_limit(tbl regclass, workspace_column name, feature text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    col_type regtype;
+    feature_kind text;
+BEGIN
+    IF tbl IS NULL OR workspace_column IS NULL OR feature IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: tbl, workspace_column and feature must not be NULL'
+            USING ERRCODE = '22004';
+    END IF;
+    SELECT f.kind INTO feature_kind FROM entitlements.features f WHERE f.feature = attach_limit.feature;
+    IF feature_kind IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: unknown feature "%"', feature
+            USING ERRCODE = '22023', HINT = 'The catalog is entitlements.features.';
+    END IF;
+    IF feature_kind <> 'counted' THEN
+        RAISE EXCEPTION 'pg_entitlements: feature "%" is %, not counted', feature, feature_kind
+            USING ERRCODE = '22023', HINT = 'Set features.kind = ''counted'' first.';
+    END IF;
+    SELECT a.atttypid::regtype INTO col_type
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = workspace_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF col_type IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: table % has no column "%"', tbl, workspace_column
+            USING ERRCODE = '22023';
+    END IF;
+    IF col_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'pg_entitlements: column "%" of % is %, not uuid', workspace_column, tbl, col_type
+            USING ERRCODE = '22023';
+    END IF;
+    -- As attach_workspace_table: runs as the extension's owner, so only for tables the calling
+    -- session could put a trigger on itself.
+    IF NOT pg_catalog.pg_has_role(session_user,
+                                  (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = tbl),
+                                  'USAGE') THEN
+        RAISE EXCEPTION 'pg_entitlements: must be the owner of table % to attach a limit to it', tbl
+            USING ERRCODE = '42501';
+    END IF;
+    -- No row may change while the count is taken and the triggers installed.
+    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', tbl);
+    PERFORM entitlements.detach_limit(tbl, feature);
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR DELETE OR UPDATE OF %I ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION entitlements.limit_trigger(%L, %L)',
+                   left('entitlements_limit_' || feature, 63), workspace_column, tbl, workspace_column, feature);
+    EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION entitlements.limit_truncate_trigger(%L, %L)',
+                   left('entitlements_limit_truncate_' || feature, 63), tbl, workspace_column, feature);
+    -- The count starts from the rows already there.
+    DELETE FROM entitlements.usage_counters uc WHERE uc.feature = attach_limit.feature;
+    EXECUTE format('INSERT INTO entitlements.usage_counters (workspace_id, feature, period_start, period_end, used) '
+                   'SELECT %I, %L, ''-infinity'', NULL, count(*) FROM %s WHERE %I IS NOT NULL GROUP BY 1',
+                   workspace_column, feature, tbl, workspace_column);
+END
+$$;
+
+-- Removes attach_limit's triggers (and the counts they kept); says whether there were any.
+CREATE FUNCTION entitlements.detach_limit(tbl regclass, feature text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found_any boolean := false;
+    trigger_name text;
+BEGIN
+    IF tbl IS NULL OR feature IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: tbl and feature must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF NOT pg_catalog.pg_has_role(session_user,
+                                  (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = tbl),
+                                  'USAGE') THEN
+        RAISE EXCEPTION 'pg_entitlements: must be the owner of table % to detach a limit from it', tbl
+            USING ERRCODE = '42501';
+    END IF;
+    FOREACH trigger_name IN ARRAY ARRAY[left('entitlements_limit_' || feature, 63),
+                                        left('entitlements_limit_truncate_' || feature, 63)] LOOP
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = trigger_name) THEN
+            EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, tbl);
+            found_any := true;
+        END IF;
+    END LOOP;
+    IF found_any THEN
+        DELETE FROM entitlements.usage_counters uc WHERE uc.feature = detach_limit.feature;
+    END IF;
+    RETURN found_any;
+END
+$$;
+
+CREATE FUNCTION entitlements."consume"(
+	"workspace_id" uuid, /* Option < Uuid > */
+	"feature" TEXT, /* Option < & str > */
+	"quantity" bigint DEFAULT 1, /* Option < i64 > */
+	"idempotency_key" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS entitlements.usage_result /* UsageResultRow */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'consume_wrapper';
+
+CREATE FUNCTION entitlements."refund"(
+	"workspace_id" uuid, /* Option < Uuid > */
+	"feature" TEXT, /* Option < & str > */
+	"quantity" bigint, /* Option < i64 > */
+	"idempotency_key" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS entitlements.usage_result /* UsageResultRow */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'refund_wrapper';
+
+CREATE FUNCTION entitlements."usage"(
+	"workspace_id" uuid, /* Option < Uuid > */
+	"feature" TEXT /* Option < & str > */
+) RETURNS entitlements.usage_result /* UsageResultRow */
+VOLATILE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'usage_wrapper';
+
+CREATE FUNCTION entitlements."usage_all"(
+	"workspace_id" uuid /* Option < Uuid > */
+) RETURNS SETOF entitlements.usage_result /* UsageResultRow */
+VOLATILE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'usage_all_wrapper';
+
+ALTER TABLE entitlements.feature_limits ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.limit_overrides ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.usage_counters ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.usage_periods ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.usage_idempotency ENABLE ROW LEVEL SECURITY;
+CREATE POLICY catalog_is_public ON entitlements.feature_limits FOR SELECT USING (true);
+CREATE POLICY members_read ON entitlements.limit_overrides FOR SELECT
+    USING (entitlements.is_member(workspace_id));
+CREATE POLICY members_read ON entitlements.usage_counters FOR SELECT
+    USING (entitlements.is_member(workspace_id));
+CREATE POLICY members_read ON entitlements.usage_periods FOR SELECT
+    USING (entitlements.is_member(workspace_id));
+
+-- ---------------------------------------------------------------------------------------
 -- Least privilege (sql/security.sql): the roles, the writer's policy, and the grants.
 -- ---------------------------------------------------------------------------------------
 DO $roles$
@@ -889,6 +1480,10 @@ CREATE POLICY reader_reads ON entitlements.stripe_customers FOR SELECT TO entitl
 CREATE POLICY reader_reads ON entitlements.stripe_subscriptions FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.stripe_events FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.stripe_customer_locks FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.limit_overrides FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.usage_counters FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.usage_periods FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.usage_idempotency FOR SELECT TO entitlements_reader USING (true);
 
 -- ---------------------------------------------------------------------------------------
 -- Grants: first nothing for PUBLIC, then exactly what each role needs.
@@ -913,8 +1508,18 @@ GRANT EXECUTE ON FUNCTION
     entitlements.past_due_grace(),
     entitlements.cache_enabled(),
     entitlements.flush_audit(),
-    entitlements.write_token()
+    entitlements.write_token(),
+    entitlements.consume(uuid, text, bigint, text),
+    entitlements.refund(uuid, text, bigint, text),
+    entitlements.usage(uuid, text),
+    entitlements.usage_all(uuid),
+    entitlements.usage_state(uuid, text, timestamptz),
+    entitlements.usage_period(text, timestamptz, timestamptz, timestamptz)
   TO entitlements_app;
+-- The checks read limits and usage as the caller (RLS: members' workspaces only).
+GRANT SELECT ON entitlements.feature_limits, entitlements.limit_overrides,
+                entitlements.usage_counters, entitlements.usage_periods
+   TO entitlements_app, entitlements_reader;
 -- Reading is filtered by RLS to the workspaces the asserted identity is a member of.
 GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspaces,
                 entitlements.billing_state, entitlements.entitlements, entitlements.overrides,
@@ -939,8 +1544,13 @@ GRANT USAGE ON SCHEMA entitlements TO entitlements_admin, entitlements_reader;
 -- Billing, catalog and membership administration. The functions are SECURITY DEFINER (they
 -- validate before they write); the tables below may also be edited directly.
 GRANT EXECUTE ON FUNCTION
-    entitlements.sync_billing_state(uuid, text, text, timestamptz, timestamptz, boolean),
+    entitlements.sync_billing_state(uuid, text, text, timestamptz, timestamptz, boolean, timestamptz),
     entitlements.set_override(uuid, text, boolean, timestamptz, text),
+    entitlements.set_feature_limit(text, text, bigint),
+    entitlements.set_limit_override(uuid, text, bigint, timestamptz),
+    entitlements.clear_limit_override(uuid, text),
+    entitlements.attach_limit(regclass, name, text),
+    entitlements.detach_limit(regclass, text),
     entitlements.clear_override(uuid, text),
     entitlements.register_workspace(uuid),
     entitlements.unregister_workspace(uuid),
@@ -963,7 +1573,9 @@ GRANT EXECUTE ON FUNCTION
     entitlements.current_user_id(),
     entitlements.is_member(uuid),
     entitlements.decide_all(uuid),
-    entitlements.past_due_grace()
+    entitlements.past_due_grace(),
+    entitlements.usage_state(uuid, text, timestamptz),
+    entitlements.usage_period(text, timestamptz, timestamptz, timestamptz)
   TO entitlements_reader;
 GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspaces,
                 entitlements.billing_state, entitlements.entitlements, entitlements.overrides,
@@ -973,7 +1585,7 @@ GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspac
                 entitlements.entitlement_checks_summary, entitlements.denials_by_reason,
                 entitlements.stripe_price_tiers, entitlements.stripe_customers,
                 entitlements.stripe_subscriptions, entitlements.stripe_events,
-                entitlements.stripe_customer_locks
+                entitlements.stripe_customer_locks, entitlements.usage_idempotency
    TO entitlements_reader;
 
 -- Monitoring: the counters span every database of the cluster.

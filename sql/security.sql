@@ -56,6 +56,11 @@ ALTER TABLE entitlements.workspaces ENABLE ROW LEVEL SECURITY;
 ALTER TABLE entitlements.billing_state ENABLE ROW LEVEL SECURITY;
 ALTER TABLE entitlements.overrides ENABLE ROW LEVEL SECURITY;
 ALTER TABLE entitlements.workspace_members ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.feature_limits ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.limit_overrides ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.usage_counters ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.usage_periods ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.usage_idempotency ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY catalog_is_public ON entitlements.tiers FOR SELECT USING (true);
 CREATE POLICY catalog_is_public ON entitlements.features FOR SELECT USING (true);
@@ -67,6 +72,15 @@ CREATE POLICY members_read ON entitlements.overrides FOR SELECT
     USING (entitlements.is_member(workspace_id));
 CREATE POLICY own_memberships ON entitlements.workspace_members FOR SELECT
     USING (user_id = entitlements.current_user_id());
+-- Limits and usage: the checks read them as the caller. Only consume() and refund() (as the
+-- extension's owner) write usage; the idempotency answers are read by nobody else.
+CREATE POLICY catalog_is_public ON entitlements.feature_limits FOR SELECT USING (true);
+CREATE POLICY members_read ON entitlements.limit_overrides FOR SELECT
+    USING (entitlements.is_member(workspace_id));
+CREATE POLICY members_read ON entitlements.usage_counters FOR SELECT
+    USING (entitlements.is_member(workspace_id));
+CREATE POLICY members_read ON entitlements.usage_periods FOR SELECT
+    USING (entitlements.is_member(workspace_id));
 
 -- The audit writer's INSERT (the table forces RLS, for its owner too).
 CREATE POLICY audit_writer_inserts ON entitlements.entitlement_checks FOR INSERT
@@ -94,6 +108,10 @@ CREATE POLICY reader_reads ON entitlements.stripe_customers FOR SELECT TO entitl
 CREATE POLICY reader_reads ON entitlements.stripe_subscriptions FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.stripe_events FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.stripe_customer_locks FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.limit_overrides FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.usage_counters FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.usage_periods FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.usage_idempotency FOR SELECT TO entitlements_reader USING (true);
 
 -- ---------------------------------------------------------------------------------------
 -- Grants: first nothing for PUBLIC, then exactly what each role needs.
@@ -118,8 +136,18 @@ GRANT EXECUTE ON FUNCTION
     entitlements.past_due_grace(),
     entitlements.cache_enabled(),
     entitlements.flush_audit(),
-    entitlements.write_token()
+    entitlements.write_token(),
+    entitlements.consume(uuid, text, bigint, text),
+    entitlements.refund(uuid, text, bigint, text),
+    entitlements.usage(uuid, text),
+    entitlements.usage_all(uuid),
+    entitlements.usage_state(uuid, text, timestamptz),
+    entitlements.usage_period(text, timestamptz, timestamptz, timestamptz)
   TO entitlements_app;
+-- The checks read limits and usage as the caller (RLS: members' workspaces only).
+GRANT SELECT ON entitlements.feature_limits, entitlements.limit_overrides,
+                entitlements.usage_counters, entitlements.usage_periods
+   TO entitlements_app, entitlements_reader;
 -- Reading is filtered by RLS to the workspaces the asserted identity is a member of.
 GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspaces,
                 entitlements.billing_state, entitlements.entitlements, entitlements.overrides,
@@ -144,8 +172,13 @@ GRANT USAGE ON SCHEMA entitlements TO entitlements_admin, entitlements_reader;
 -- Billing, catalog and membership administration. The functions are SECURITY DEFINER (they
 -- validate before they write); the tables below may also be edited directly.
 GRANT EXECUTE ON FUNCTION
-    entitlements.sync_billing_state(uuid, text, text, timestamptz, timestamptz, boolean),
+    entitlements.sync_billing_state(uuid, text, text, timestamptz, timestamptz, boolean, timestamptz),
     entitlements.set_override(uuid, text, boolean, timestamptz, text),
+    entitlements.set_feature_limit(text, text, bigint),
+    entitlements.set_limit_override(uuid, text, bigint, timestamptz),
+    entitlements.clear_limit_override(uuid, text),
+    entitlements.attach_limit(regclass, name, text),
+    entitlements.detach_limit(regclass, text),
     entitlements.clear_override(uuid, text),
     entitlements.register_workspace(uuid),
     entitlements.unregister_workspace(uuid),
@@ -168,7 +201,9 @@ GRANT EXECUTE ON FUNCTION
     entitlements.current_user_id(),
     entitlements.is_member(uuid),
     entitlements.decide_all(uuid),
-    entitlements.past_due_grace()
+    entitlements.past_due_grace(),
+    entitlements.usage_state(uuid, text, timestamptz),
+    entitlements.usage_period(text, timestamptz, timestamptz, timestamptz)
   TO entitlements_reader;
 GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspaces,
                 entitlements.billing_state, entitlements.entitlements, entitlements.overrides,
@@ -178,7 +213,7 @@ GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspac
                 entitlements.entitlement_checks_summary, entitlements.denials_by_reason,
                 entitlements.stripe_price_tiers, entitlements.stripe_customers,
                 entitlements.stripe_subscriptions, entitlements.stripe_events,
-                entitlements.stripe_customer_locks
+                entitlements.stripe_customer_locks, entitlements.usage_idempotency
    TO entitlements_reader;
 
 -- Monitoring: the counters span every database of the cluster.

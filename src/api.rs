@@ -31,14 +31,26 @@ fn required_tier(decision: &Decision, min_tier: impl FnOnce() -> Option<String>)
     }
 }
 
-pub fn resolve(inputs: &FeatureInputs, now: i64, past_due_grace: i64) -> Decision {
-    resolver::decide(&resolver::Inputs {
+fn resolver_inputs(inputs: &FeatureInputs, now: i64, past_due_grace: i64) -> resolver::Inputs {
+    resolver::Inputs {
         feature_min_level: inputs.min_level,
         billing: inputs.billing,
         override_: inputs.override_,
+        usage: inputs.usage,
         past_due_grace,
         now,
-    })
+    }
+}
+
+pub fn resolve(inputs: &FeatureInputs, now: i64, past_due_grace: i64) -> Decision {
+    resolver::decide(&resolver_inputs(inputs, now, past_due_grace))
+}
+
+/// The feature's rules without its usage limit (what `consume` decides the limit of itself,
+/// under the counter's lock); `None` for a feature the catalog does not know.
+pub fn decide_access_uncached(workspace_id: Uuid, feature: &str) -> Option<Decision> {
+    let inputs = cache::read_decision_inputs(|s| catalog::feature_access_inputs(workspace_id, feature, s))?;
+    Some(resolver::decide_access(&resolver_inputs(&inputs, now(), gucs::past_due_grace_micros())))
 }
 
 fn cache_key<'a>(workspace_id: &Uuid, feature: &'a str) -> Key<'a> {
@@ -59,7 +71,7 @@ fn from_cache(feature: &str, e: &Entry, now: i64, reader: &cache::Reader) -> Che
 }
 
 fn computed(inputs: FeatureInputs, decision: Decision, now: i64, reader: Option<&cache::Reader>, workspace_id: &Uuid) -> Checked {
-    let ttl = reader.and_then(|r| {
+    let ttl = reader.filter(|_| !inputs.has_usage()).and_then(|r| {
         r.put(&cache_key(workspace_id, &inputs.feature), decision.enabled, decision.reason, &inputs.tier, decision.valid_until)
     });
     Checked {

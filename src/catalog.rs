@@ -2,7 +2,7 @@
 //! backend (spi_read); they run as the caller (so RLS applies), with search_path pinned, and
 //! under the snapshot `cache::read_decision_inputs` chooses.
 
-use crate::resolver::{Billing, Override, Status};
+use crate::resolver::{Billing, Override, Status, Usage};
 use crate::spi_read::{self, Row, Snapshot, Stmt};
 use pgrx::pg_sys::{self, BuiltinOid};
 use pgrx::prelude::*;
@@ -19,29 +19,90 @@ pub struct FeatureInputs {
     pub min_tier: String,
     pub billing: Billing,
     pub override_: Option<Override>,
+    /// The current period's usage and limit, for a metered or counted feature.
+    pub usage: Option<Usage>,
+}
+
+impl FeatureInputs {
+    /// Metered and counted features' decisions change with every consume, so they are never
+    /// kept in the shared cache (docs/LIMITS.md).
+    pub fn has_usage(&self) -> bool {
+        self.usage.is_some()
+    }
 }
 
 const UUID: pg_sys::Oid = BuiltinOid::UUIDOID.value();
 const TEXT: pg_sys::Oid = BuiltinOid::TEXTOID.value();
+const TIMESTAMPTZ: pg_sys::Oid = BuiltinOid::TIMESTAMPTZOID.value();
 
 macro_rules! inputs_query {
-    ($tail:literal) => {
+    ($usage_columns:literal, $usage_join:literal, $now:literal, $usage_join_end:literal, $tail:literal) => {
         concat!(
             "SELECT f.feature, ft.level, coalesce(b.tier, 'free'), coalesce(t.level, 0),
                     coalesce(b.status, 'none'), b.trial_end, b.past_due_since, o.enabled, o.expires_at,
-                    f.min_tier
+                    f.min_tier, ",
+            $usage_columns,
+            "
                FROM entitlements.features f
                JOIN entitlements.tiers ft ON ft.tier = f.min_tier
                LEFT JOIN entitlements.billing_state b ON b.workspace_id = $1
                LEFT JOIN entitlements.tiers t ON t.tier = b.tier
                LEFT JOIN entitlements.overrides o ON o.workspace_id = $1 AND o.feature = f.feature ",
+            $usage_join,
+            $now,
+            $usage_join_end,
+            $tail
+        )
+    };
+    ($now:literal, $tail:literal) => {
+        // Usage is read for metered and counted features only: OFFSET 0 keeps the subquery
+        // apart, so its filter on the outer row is a one-time filter and boolean features never
+        // read usage. The clock comes as a parameter: a volatile argument would keep PostgreSQL
+        // from inlining usage_state, which then costs a plan per call.
+        inputs_query!(
+            "f.kind <> 'boolean', u.used, u.limit_value",
+            "LEFT JOIN LATERAL (SELECT s.used, s.limit_value
+                                  FROM entitlements.usage_state($1, f.feature, ",
+            $now,
+            ") s
+                                 WHERE f.kind <> 'boolean' OFFSET 0) u ON true ",
             $tail
         )
     };
 }
 
-static ONE_FEATURE: Stmt = Stmt { sql: inputs_query!("WHERE f.feature = $2"), args: &[UUID, TEXT] };
-static ALL_FEATURES: Stmt = Stmt { sql: inputs_query!("ORDER BY ft.level, f.feature"), args: &[UUID] };
+/// The same reads without usage: for a database whose schema predates usage limits (a library
+/// already replaced, `ALTER EXTENSION ... UPDATE` not yet run: every feature is boolean there),
+/// and for `consume`, which reads usage itself.
+macro_rules! inputs_query_before_limits {
+    ($tail:literal) => {
+        inputs_query!("false, NULL::bigint, NULL::bigint", "", "", "", $tail)
+    };
+}
+
+static ONE_FEATURE: Stmt =
+    Stmt { sql: inputs_query!("$3", "WHERE f.feature = $2"), args: &[UUID, TEXT, TIMESTAMPTZ] };
+static ALL_FEATURES: Stmt =
+    Stmt { sql: inputs_query!("$2", "ORDER BY ft.level, f.feature"), args: &[UUID, TIMESTAMPTZ] };
+static ONE_FEATURE_BEFORE_LIMITS: Stmt =
+    Stmt { sql: inputs_query_before_limits!("WHERE f.feature = $2"), args: &[UUID, TEXT] };
+static ALL_FEATURES_BEFORE_LIMITS: Stmt =
+    Stmt { sql: inputs_query_before_limits!("ORDER BY ft.level, f.feature"), args: &[UUID] };
+
+/// Does this database's schema have usage limits (`features.kind`)? Three syscache lookups.
+pub fn schema_has_limits() -> bool {
+    // SAFETY: catalog cache lookups by name, valid in any transaction; missing objects
+    // answer InvalidOid / InvalidAttrNumber.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return false;
+        }
+        let features = pg_sys::get_relname_relid(c"features".as_ptr(), nsp);
+        features != pg_sys::InvalidOid
+            && pg_sys::get_attnum(features, c"kind".as_ptr()) != pg_sys::InvalidAttrNumber as pg_sys::AttrNumber
+    }
+}
 static IS_MEMBER: Stmt = Stmt {
     sql: "SELECT EXISTS (SELECT 1 FROM entitlements.workspace_members
                           WHERE workspace_id = $1 AND user_id = $2)",
@@ -75,17 +136,37 @@ fn feature_inputs_of(row: &Row) -> FeatureInputs {
         min_tier: row.get(10).unwrap_or_default(),
         billing,
         override_,
+        usage: row.get::<bool>(11).unwrap_or(false).then(|| Usage {
+            used: row.get(12).unwrap_or(0),
+            limit: row.get(13),
+        }),
     }
 }
 
 /// The inputs for one feature, or `None` if the catalog has no such feature.
 pub fn feature_inputs(workspace_id: pgrx::Uuid, feature: &str, snapshot: Snapshot) -> Option<FeatureInputs> {
-    spi_read::query(&ONE_FEATURE, &[workspace_id.into(), feature.into()], snapshot, 1, feature_inputs_of).pop()
+    if !schema_has_limits() {
+        let args = [workspace_id.into(), feature.into()];
+        return spi_read::query(&ONE_FEATURE_BEFORE_LIMITS, &args, snapshot, 1, feature_inputs_of).pop();
+    }
+    let args = [workspace_id.into(), feature.into(), crate::pgutil::timestamptz(crate::pgutil::now()).into()];
+    spi_read::query(&ONE_FEATURE, &args, snapshot, 1, feature_inputs_of).pop()
+}
+
+/// The inputs for one feature without its usage (`usage` is `None`): what `consume` decides
+/// the feature's other rules from, before it reads the counter under its lock.
+pub fn feature_access_inputs(workspace_id: pgrx::Uuid, feature: &str, snapshot: Snapshot) -> Option<FeatureInputs> {
+    let args = [workspace_id.into(), feature.into()];
+    spi_read::query(&ONE_FEATURE_BEFORE_LIMITS, &args, snapshot, 1, feature_inputs_of).pop()
 }
 
 /// The inputs for every catalog feature, lowest tier first.
 pub fn all_feature_inputs(workspace_id: pgrx::Uuid, snapshot: Snapshot) -> Vec<FeatureInputs> {
-    spi_read::query(&ALL_FEATURES, &[workspace_id.into()], snapshot, 0, feature_inputs_of)
+    if !schema_has_limits() {
+        return spi_read::query(&ALL_FEATURES_BEFORE_LIMITS, &[workspace_id.into()], snapshot, 0, feature_inputs_of);
+    }
+    let args = [workspace_id.into(), crate::pgutil::timestamptz(crate::pgutil::now()).into()];
+    spi_read::query(&ALL_FEATURES, &args, snapshot, 0, feature_inputs_of)
 }
 
 pub fn is_member(workspace_id: pgrx::Uuid, user: &str, snapshot: Snapshot) -> bool {

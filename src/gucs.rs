@@ -95,6 +95,37 @@ pub static MIN_LSN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>:
 /// 55000.
 pub static REPLICA_WAIT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
+/// Percentages of a usage limit whose crossing `consume` announces with
+/// `NOTIFY pg_entitlements_usage`, comma-separated; empty: none.
+pub static USAGE_THRESHOLDS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"80,100"));
+
+/// A valid `pg_entitlements.usage_thresholds`: comma-separated whole percentages, 1 to 1000
+/// (above 100: an overage of a soft limit), or empty.
+pub fn valid_usage_thresholds(v: &str) -> bool {
+    v.trim().is_empty()
+        || v.split(',').all(|t| t.trim().parse::<i32>().is_ok_and(|n| (1..=1000).contains(&n)))
+}
+
+/// The check hook of `pg_entitlements.usage_thresholds`.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_usage_thresholds(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pgrx::pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to the proposed value.
+    let valid = proposed(unsafe { *newval }).is_none_or(valid_usage_thresholds);
+    if !valid {
+        // SAFETY: the GUC machinery reads this palloc'd message right after we return.
+        unsafe {
+            pgrx::pg_sys::GUC_check_errdetail_string = pgrx::pg_sys::pstrdup(
+                c"pg_entitlements.usage_thresholds must be comma-separated whole percentages from 1 to 1000 (e.g. '80,100'), or empty.".as_ptr(),
+            );
+        }
+    }
+    valid
+}
+
 fn proposed(newval: *const std::ffi::c_char) -> Option<&'static str> {
     // SAFETY: PostgreSQL passes the proposed value, a C string or NULL, that outlives the hook.
     unsafe { newval.as_ref().map(|p| std::ffi::CStr::from_ptr(p)) }.map(|v| v.to_str().unwrap_or("?"))
@@ -316,6 +347,20 @@ fn define_audit_gucs() {
             None,
         );
     }
+    // SAFETY: a static setting and a check hook that is a valid #[pg_guard] function.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"pg_entitlements.usage_thresholds",
+            c"Percentages of a usage limit whose crossing consume() announces with NOTIFY pg_entitlements_usage.",
+            c"Comma-separated, 1 to 1000; empty: no notifications. Each threshold is announced once per period.",
+            &USAGE_THRESHOLDS,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_usage_thresholds),
+            None,
+            None,
+        );
+    }
     // Server-start settings can only be defined while the library is preloaded (Postgres
     // refuses them later, e.g. when CREATE EXTENSION loads it); without preload there is no
     // queue and no writer for them to size or direct.
@@ -374,4 +419,19 @@ pub fn stripe_tolerance_secs() -> i64 {
 
 pub fn max_payload_bytes() -> usize {
     usize::try_from(MAX_PAYLOAD_BYTES.get()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_usage_thresholds;
+
+    #[test]
+    fn usage_thresholds_are_whole_percentages_or_empty() {
+        for ok in ["80,100", "50", " 80 , 100 ", "", "1,1000", "100,80"] {
+            assert!(valid_usage_thresholds(ok), "{ok:?}");
+        }
+        for bad in ["0", "1001", "80,", "eighty", "80;100", "-5", "12.5"] {
+            assert!(!valid_usage_thresholds(bad), "{bad:?}");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! from the workspace's tier, its billing status and admin overrides.
 //!
 //! Module map: `resolver` (the rules, pure), `catalog` (reads the tables), `identity` (who
-//! asks), `api` (the SQL functions), `cache` (the shared decision cache), `stripe` (webhook
+//! asks), `api` (the SQL functions), `limits` (usage limits: consume, refund, usage), `cache` (the shared decision cache), `stripe` (webhook
 //! ingestion: verification and parsing pure, application through SPI), `audit` (the trail of
 //! checks), `gucs` (settings),
 //! `errors` (SQLSTATEs), `pgutil` (small Postgres helpers), `spi_read` (the checks' reads).
@@ -20,6 +20,7 @@ mod catalog;
 mod errors;
 mod gucs;
 mod identity;
+mod limits;
 mod pgutil;
 mod shmem;
 mod replica;
@@ -48,6 +49,7 @@ extension_sql_file!(
         "audit",
     ]
 );
+extension_sql_file!("../sql/limits.sql", name = "limits", requires = ["api"]);
 extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
 #[pg_guard]

@@ -5,7 +5,7 @@
 //! Times are microseconds on one timeline (Postgres' `TimestampTz` in practice); the resolver
 //! only compares and adds them.
 
-/// Why a check was refused. `LimitExceeded` is reserved for usage limits.
+/// Why a check was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     TierInsufficient,
@@ -44,7 +44,7 @@ impl Reason {
     }
 
     /// Could subscribing to the feature's min tier lift this denial? Every reason but an
-    /// admin's revocation (and the reserved usage limit, which no tier is known to lift): the
+    /// admin's revocation and a usage limit (the workspace already has that tier): the
     /// paywall then offers that tier.
     pub fn lifted_by_a_tier(self) -> bool {
         !matches!(self, Reason::FeatureDisabled | Reason::LimitExceeded)
@@ -120,11 +120,21 @@ pub struct Override {
     pub expires_at: Option<i64>,
 }
 
+/// A metered or counted feature's usage in the current period, and its limit (`None` =
+/// unlimited, explicitly; a missing limit arrives here as `Some(0)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub used: i64,
+    pub limit: Option<i64>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Inputs {
     pub feature_min_level: i32,
     pub billing: Billing,
     pub override_: Option<Override>,
+    /// `None` for a boolean feature.
+    pub usage: Option<Usage>,
     /// `pg_entitlements.past_due_grace`, in microseconds.
     pub past_due_grace: i64,
     pub now: i64,
@@ -150,8 +160,21 @@ impl Decision {
     }
 }
 
-/// The rules, in order (README, "The decision").
+/// The rules, in order (README, "The decision"): the feature's rules, then its usage limit.
 pub fn decide(i: &Inputs) -> Decision {
+    let d = decide_access(i);
+    // 6. A metered or counted feature that passes the rules above is allowed only while
+    // used < limit.
+    match i.usage {
+        Some(Usage { used, limit: Some(limit) }) if d.enabled && used >= limit => {
+            Decision::deny(Reason::LimitExceeded, d.valid_until)
+        }
+        _ => d,
+    }
+}
+
+/// Rules 1 to 5: may the workspace use the feature at all.
+pub fn decide_access(i: &Inputs) -> Decision {
     let now = i.now;
     let future = |t: Option<i64>| t.filter(|t| *t > now);
 
@@ -221,7 +244,7 @@ mod tests {
     }
 
     fn inputs(min: i32, b: Billing, o: Option<Override>) -> Inputs {
-        Inputs { feature_min_level: min, billing: b, override_: o, past_due_grace: GRACE, now: NOW }
+        Inputs { feature_min_level: min, billing: b, override_: o, usage: None, past_due_grace: GRACE, now: NOW }
     }
 
     /// One case per rule and per denial code the resolver can give.
@@ -252,12 +275,24 @@ mod tests {
             ("no subscription, free tier, paid feature", inputs(1, Billing::FREE, None), Some(TierInsufficient)),
             ("no subscription but tier set by admin", inputs(1, billing(1, S::None), None), None),
             ("past_due within grace still needs the tier", inputs(3, Billing { past_due_since: Some(NOW), ..billing(1, S::PastDue) }, None), Some(TierInsufficient)),
+            ("metered, used below the limit", metered(inputs(1, billing(1, S::Active), None), 299, Some(300)), None),
+            ("metered, used at the limit", metered(inputs(1, billing(1, S::Active), None), 300, Some(300)), Some(LimitExceeded)),
+            ("metered, used past the limit (soft)", metered(inputs(1, billing(1, S::Active), None), 301, Some(300)), Some(LimitExceeded)),
+            ("metered, no limit row = 0", metered(inputs(0, Billing::FREE, None), 0, Some(0)), Some(LimitExceeded)),
+            ("metered, unlimited", metered(inputs(1, billing(1, S::Active), None), i64::MAX, None), None),
+            ("metered, the rules come first", metered(inputs(2, billing(1, S::Active), None), 500, Some(300)), Some(TierInsufficient)),
+            ("metered, a grant still meets the limit", metered(inputs(4, Billing::FREE, Some(Override { enabled: true, expires_at: None })), 3, Some(3)), Some(LimitExceeded)),
+            ("metered, a revoke beats the limit", metered(inputs(0, Billing::FREE, Some(Override { enabled: false, expires_at: None })), 0, None), Some(FeatureDisabled)),
         ];
         for (name, i, want) in cases {
             let d = decide(&i);
             assert_eq!(d.reason, want, "{name}");
             assert_eq!(d.enabled, want.is_none(), "{name}: enabled agrees with reason");
         }
+    }
+
+    fn metered(i: Inputs, used: i64, limit: Option<i64>) -> Inputs {
+        Inputs { usage: Some(Usage { used, limit }), ..i }
     }
 
     #[test]

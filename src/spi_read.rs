@@ -56,6 +56,20 @@ impl Row {
     }
 }
 
+impl Row {
+    /// Column `n` (1-based) as a datum copied out of SPI's memory into the caller's context
+    /// (a composite result returned as is); `None` for SQL NULL.
+    pub fn datum_transferred(&self, n: i32, by_value: bool, len: i32) -> Option<pg_sys::Datum> {
+        let mut is_null = false;
+        // SAFETY: as in `get`; SPI_datumTransfer runs while SPI is connected (inside `query`'s
+        // closure) and copies into the context that was current at SPI_connect.
+        unsafe {
+            let datum = pg_sys::SPI_getbinval(self.tuple, self.desc, n, &mut is_null);
+            (!is_null).then(|| pg_sys::SPI_datumTransfer(datum, by_value, len))
+        }
+    }
+}
+
 fn plan(stmt: &'static Stmt) -> pg_sys::SPIPlanPtr {
     let key = stmt as *const Stmt as usize;
     if let Some(p) = PLANS.with(|p| p.borrow().get(&key).copied()) {
@@ -64,8 +78,17 @@ fn plan(stmt: &'static Stmt) -> pg_sys::SPIPlanPtr {
     let sql = or_internal(std::ffi::CString::new(stmt.sql));
     // SAFETY: inside an SPI connection; argtypes has `args.len()` elements. SPI_keepplan
     // moves the plan out of the procedure context so it outlives this connection.
+    // A generic plan, planned once: the statements are lookups by key whose best plan does not
+    // depend on the values, and the plan cache would otherwise re-plan the larger ones (the
+    // usage reads inline their SQL functions) on every call when it estimates a custom plan
+    // cheaper.
     let p = unsafe {
-        let p = pg_sys::SPI_prepare(sql.as_ptr(), stmt.args.len() as i32, stmt.args.as_ptr().cast_mut());
+        let p = pg_sys::SPI_prepare_cursor(
+            sql.as_ptr(),
+            stmt.args.len() as i32,
+            stmt.args.as_ptr().cast_mut(),
+            pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+        );
         if p.is_null() {
             let code = pg_sys::SPI_result;
             crate::errors::internal(format!("SPI_prepare failed: {code}"));

@@ -297,6 +297,11 @@ fn entitlements_reader_reads_every_workspace_and_cannot_write_anything() {
              SELECT entitlements.sync_billing_state({b}, 'enterprise', 'past_due');
              SELECT entitlements.set_override({a}, 'ccp-13', true);
              SELECT entitlements.add_member({a}, 'alice'); SELECT entitlements.add_member({b}, 'bob');
+             INSERT INTO entitlements.features (feature, min_tier, kind, reset_period) VALUES ('calls', 'free', 'metered', 'month');
+             SELECT entitlements.set_feature_limit('calls', 'free', 10);
+             SELECT entitlements.set_limit_override({b}, 'calls', 20);
+             SELECT entitlements.consume({a}, 'calls', 1, 'req-1');
+             INSERT INTO entitlements.usage_periods VALUES ({a}, 'calls', '2026-01-01', '2026-02-01', 7);
              INSERT INTO entitlements.stripe_price_tiers VALUES ('price_pro', 'pro');
              SELECT entitlements.add_webhook_secret('whsec_reader');
              SELECT entitlements.link_stripe_customer({a}, 'cus_reader');"

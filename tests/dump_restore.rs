@@ -13,6 +13,7 @@ const TABLES: &[&str] = &[
     "tiers", "features", "workspaces", "billing_state", "overrides", "workspace_members",
     "stripe_price_tiers", "stripe_customers", "stripe_subscriptions", "stripe_events", "entitlement_checks",
     "entitlement_check_rollups",
+    "feature_limits", "limit_overrides", "usage_counters", "usage_periods", "usage_idempotency",
 ];
 
 fn snapshot(c: &mut Client) -> Vec<String> {
@@ -56,7 +57,16 @@ fn load(pg: &Cluster, c: &mut Client) {
                                                           ('22222222-2222-2222-2222-222222222222', 'bob', 'member');
          INSERT INTO entitlements.stripe_price_tiers VALUES ('price_pro', 'pro'), ('price_team', 'team');
          SELECT entitlements.add_webhook_secret('whsec_dump_test');
-         SELECT entitlements.link_stripe_customer('11111111-1111-1111-1111-111111111111', 'cus_dump');",
+         SELECT entitlements.link_stripe_customer('11111111-1111-1111-1111-111111111111', 'cus_dump');
+         INSERT INTO entitlements.features (feature, min_tier, kind, reset_period, hard_limit)
+         VALUES ('api_calls', 'free', 'metered', 'day', true), ('projects', 'free', 'counted', NULL, true);
+         SELECT entitlements.set_feature_limit('api_calls', 'free', 100);
+         SELECT entitlements.set_feature_limit('api_calls', 'pro', NULL);
+         SELECT entitlements.set_feature_limit('projects', 'free', 3);
+         SELECT entitlements.set_limit_override('22222222-2222-2222-2222-222222222222', 'api_calls', 5, now() + interval '1 day');
+         SELECT entitlements.consume('22222222-2222-2222-2222-222222222222', 'api_calls', 2, 'req-1');
+         INSERT INTO entitlements.usage_periods VALUES
+             ('22222222-2222-2222-2222-222222222222', 'api_calls', '2026-01-01', '2026-01-02', 42);",
     );
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 60;
     for (i, price) in ["price_pro", "price_team"].iter().enumerate() {

@@ -87,7 +87,8 @@ fn rows(c: &mut Client) -> Vec<String> {
             .query(
                 "SELECT quote_ident(attname) FROM pg_attribute
                   WHERE attrelid = ('entitlements.' || $1)::regclass AND attnum > 0 AND NOT attisdropped
-                    AND attname <> ALL (ARRAY['session_role', 'connection_addr'])
+                    AND attname <> ALL (ARRAY['session_role', 'connection_addr', 'kind', 'reset_period',
+                                             'hard_limit', 'current_period_start'])
                   ORDER BY attnum",
                 &[t],
             )

@@ -25,6 +25,8 @@ pub struct SubscriptionFacts {
     pub status: String,
     pub trial_end: Option<i64>,
     pub current_period_end: Option<i64>,
+    /// The start of the period that ends at `current_period_end` (what usage limits reset on).
+    pub current_period_start: Option<i64>,
     pub cancel_at_period_end: bool,
     pub metadata_workspace_id: Option<String>,
     pub metadata_tier: Option<String>,
@@ -204,6 +206,7 @@ pub fn subscription_facts(obj: &Value) -> Result<SubscriptionFacts, EventError> 
 
     let mut items = Vec::new();
     let mut item_period_end: Option<i64> = None;
+    let mut item_period_start: Option<i64> = None;
     if let Some(list) = optional_obj(o, "items", "items")? {
         let data = match list.get("data") {
             None | Some(Value::Null) => &[][..],
@@ -226,14 +229,22 @@ pub fn subscription_facts(obj: &Value) -> Result<SubscriptionFacts, EventError> 
                 "current_period_end",
                 "items.data[].current_period_end",
             )? {
-                item_period_end = Some(item_period_end.map_or(end, |m| m.max(end)));
+                // The latest-ending item's period, start and end together.
+                if item_period_end.is_none_or(|m| end > m) {
+                    item_period_end = Some(end);
+                    item_period_start =
+                        optional_time(item, "current_period_start", "items.data[].current_period_start")?;
+                }
             }
             items.push(item_facts(item)?);
         }
     }
     // Pre-basil payloads carry it on the subscription itself.
-    let current_period_end =
-        optional_time(o, "current_period_end", "current_period_end")?.or(item_period_end);
+    let (current_period_end, current_period_start) =
+        match optional_time(o, "current_period_end", "current_period_end")? {
+            Some(end) => (Some(end), optional_time(o, "current_period_start", "current_period_start")?),
+            None => (item_period_end, item_period_start),
+        };
 
     Ok(SubscriptionFacts {
         id,
@@ -241,6 +252,7 @@ pub fn subscription_facts(obj: &Value) -> Result<SubscriptionFacts, EventError> 
         status,
         trial_end,
         current_period_end,
+        current_period_start,
         cancel_at_period_end,
         metadata_workspace_id,
         metadata_tier,
@@ -715,6 +727,7 @@ mod tests {
                 status: "active".into(),
                 trial_end: Some(150),
                 current_period_end: Some(200),
+                current_period_start: None,
                 cancel_at_period_end: true,
                 metadata_workspace_id: Some("ws_9".into()),
                 metadata_tier: Some("pro".into()),
@@ -733,14 +746,25 @@ mod tests {
     fn subscription_basil_shape_takes_max_item_period() {
         let f = subscription_facts(&sub(json!({
             "items": {"data": [
-                {"current_period_end": 300, "price": {"id": "p1"}},
-                {"current_period_end": 500, "price": {"id": "p2"}},
+                {"current_period_start": 100, "current_period_end": 300, "price": {"id": "p1"}},
+                {"current_period_start": 400, "current_period_end": 500, "price": {"id": "p2"}},
                 {"price": {"id": "p3"}}
             ]}
         })))
         .unwrap();
         assert_eq!(f.current_period_end, Some(500));
+        assert_eq!(f.current_period_start, Some(400), "the start of the same item's period");
         assert_eq!(f.items.len(), 3);
+    }
+
+    #[test]
+    fn subscription_old_shape_period_start_pairs_with_its_end() {
+        let f = subscription_facts(&sub(json!({
+            "current_period_start": 50, "current_period_end": 100,
+            "items": {"data": [{"current_period_start": 400, "current_period_end": 500}]}
+        })))
+        .unwrap();
+        assert_eq!((f.current_period_start, f.current_period_end), (Some(50), Some(100)));
     }
 
     #[test]

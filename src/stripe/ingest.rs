@@ -238,6 +238,7 @@ fn apply_to_workspace(event: &Event, f: &SubscriptionFacts, deleted: bool, works
         status,
         trial_end: f.trial_end,
         current_period_end: f.current_period_end,
+        current_period_start: f.current_period_start,
         cancel_at_period_end: f.cancel_at_period_end,
         past_due_since: (status == "past_due").then(|| decide::past_due_since(event.created, unix_now())),
         customer: f.customer.as_deref(),

@@ -451,25 +451,28 @@ pub struct BillingWrite<'a> {
     pub status: &'a str,
     pub trial_end: Option<i64>,
     pub current_period_end: Option<i64>,
+    pub current_period_start: Option<i64>,
     pub cancel_at_period_end: bool,
     pub past_due_since: Option<i64>,
     pub customer: Option<&'a str>,
     pub subscription: &'a str,
 }
 
-static WRITE_BILLING: Stmt = Stmt {
-    // The same upsert as sync_billing_state plus the Stripe columns. past_due_since: kept
-    // while the row stays past_due, else the event's time (the BEFORE trigger clears it for
-    // any other status). The customer id is written unless another workspace's row holds it
-    // (the column is UNIQUE; the first link wins, as in stripe_customers).
-    sql: "INSERT INTO entitlements.billing_state AS b
+macro_rules! write_billing_sql {
+    ($period_start_column:literal, $period_start_value:literal, $period_start_update:literal) => {
+        // The same upsert as sync_billing_state plus the Stripe columns. past_due_since: kept
+        // while the row stays past_due, else the event's time (the BEFORE trigger clears it for
+        // any other status). The customer id is written unless another workspace's row holds it
+        // (the column is UNIQUE; the first link wins, as in stripe_customers).
+        concat!(
+            "INSERT INTO entitlements.billing_state AS b
                  (workspace_id, tier, status, trial_end, current_period_end, cancel_at_period_end,
-                  past_due_since, stripe_customer_id, stripe_subscription_id)
+                  past_due_since, stripe_customer_id, stripe_subscription_id", $period_start_column, ")
           VALUES ($1, $2, $3, to_timestamp($4), to_timestamp($5), $6, to_timestamp($7),
                   CASE WHEN NOT EXISTS (SELECT 1 FROM entitlements.billing_state o
                                          WHERE o.stripe_customer_id = $8 AND o.workspace_id <> $1)
                        THEN $8 END,
-                  $9)
+                  $9", $period_start_value, ")
           ON CONFLICT ON CONSTRAINT billing_state_pkey DO UPDATE
              SET tier = EXCLUDED.tier, status = EXCLUDED.status, trial_end = EXCLUDED.trial_end,
                  current_period_end = EXCLUDED.current_period_end,
@@ -477,7 +480,21 @@ static WRITE_BILLING: Stmt = Stmt {
                  past_due_since = CASE WHEN b.status = 'past_due' THEN b.past_due_since
                                        ELSE EXCLUDED.past_due_since END,
                  stripe_customer_id = coalesce(EXCLUDED.stripe_customer_id, b.stripe_customer_id),
-                 stripe_subscription_id = EXCLUDED.stripe_subscription_id",
+                 stripe_subscription_id = EXCLUDED.stripe_subscription_id", $period_start_update
+        )
+    };
+}
+
+static WRITE_BILLING: Stmt = Stmt {
+    sql: write_billing_sql!(", current_period_start", ", to_timestamp($10)",
+                            ", current_period_start = EXCLUDED.current_period_start"),
+    args: &[UUID, TEXT, TEXT, INT8, INT8, BOOL, INT8, TEXT, TEXT, INT8],
+};
+
+/// The same write for a database whose schema predates usage limits (the library replaced,
+/// `ALTER EXTENSION ... UPDATE` not yet run): it has no `current_period_start`. $10 is unused.
+static WRITE_BILLING_BEFORE_LIMITS: Stmt = Stmt {
+    sql: write_billing_sql!("", "", ""),
     args: &[UUID, TEXT, TEXT, INT8, INT8, BOOL, INT8, TEXT, TEXT],
 };
 
@@ -492,8 +509,13 @@ pub fn write_billing(w: &BillingWrite<'_>) {
         w.past_due_since.into(),
         w.customer.into(),
         w.subscription.into(),
+        w.current_period_start.into(),
     ];
-    run(&WRITE_BILLING, &args, |_| Ok(()))
+    if crate::catalog::schema_has_limits() {
+        run(&WRITE_BILLING, &args, |_| Ok(()))
+    } else {
+        run(&WRITE_BILLING_BEFORE_LIMITS, &args[..9], |_| Ok(()))
+    }
 }
 
 #[cfg(test)]

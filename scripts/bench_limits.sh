@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The usage-limit benchmark of docs/BENCHMARKS.md ("Usage limits"): `entitlements.consume`
+# beside a bare conditional UPDATE of one counter row (the least any atomic counter costs),
+# on one hot workspace and spread over 10,000, with CLIENTS pgbench clients at default
+# durability (fsync = on, synchronous_commit = on); the common two-statement pattern (SELECT
+# used, then UPDATE) with its overshoot; and the in-server cost of has_entitlement on a metered
+# feature beside a boolean one. Figures, not assertions. PG_ROOT selects a private PostgreSQL
+# copy (setup.sh); SKIP_INSTALL=1 uses the installed build.
+#   CLIENTS=8 SECONDS_PER_RUN=10 bash scripts/bench_limits.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
+PY=$PWD/.run/venv/bin/python  # made by scripts/setup.sh
+[ -x "$PY" ] || bash scripts/setup.sh
+CLIENTS=${CLIENTS:-8}
+THREADS=${THREADS:-2}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+OVERSHOOT_LIMIT=${OVERSHOOT_LIMIT:-500}
+DIR=$PWD/.run/bench-limits
+PORT=${BENCH_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
+
+if [ "${SKIP_INSTALL:-}" != 1 ]; then
+    PG_CONFIG="$PG_BIN/pg_config" bash scripts/install.sh --release >/dev/null
+fi
+W=$(mktemp -d)
+trap 'bash scripts/cluster.sh stop "$DIR"; rm -rf "$W"' EXIT
+# cluster.sh writes fsync = off for tests; the later lines win: default durability here.
+bash scripts/cluster.sh start "$DIR" "$PORT" "max_connections = 50" "shared_buffers = 128MB" \
+    "fsync = on" "synchronous_commit = on" "pg_entitlements.audit = 'off'"
+psql() { "$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
+psql -d postgres -c "CREATE DATABASE app"
+# Workspace n is md5(n)::uuid; counter row n of the bare table stands for the same workspace.
+psql -d app <<'SQL'
+CREATE EXTENSION pg_entitlements;
+INSERT INTO entitlements.features (feature, min_tier, description, kind, reset_period)
+VALUES ('api_calls', 'free', 'API calls', 'metered', 'never');
+SELECT entitlements.set_feature_limit('api_calls', 'free', 1000000000000);
+CREATE TABLE counters (id int PRIMARY KEY, used bigint NOT NULL DEFAULT 0);
+INSERT INTO counters (id) SELECT n FROM generate_series(0, 10000) AS n;
+SQL
+durability=$(psql -d app -c "SELECT current_setting('fsync') || '/' || current_setting('synchronous_commit')")
+
+cat > "$W/consume_hot.sql" <<'SQL'
+SELECT allowed FROM entitlements.consume(md5('0')::uuid, 'api_calls');
+SQL
+cat > "$W/bare_hot.sql" <<'SQL'
+UPDATE counters SET used = used + 1 WHERE id = 0 AND used < 1000000000000;
+SQL
+cat > "$W/consume_spread.sql" <<'SQL'
+\set n random(1, 10000)
+SELECT allowed FROM entitlements.consume(md5(:n::text)::uuid, 'api_calls');
+SQL
+cat > "$W/bare_spread.sql" <<'SQL'
+\set n random(1, 10000)
+UPDATE counters SET used = used + 1 WHERE id = :n AND used < 1000000000000;
+SQL
+# The common pattern: read, decide in the app, then write (two statements, no lock between).
+cat > "$W/two_step_hot.sql" <<SQL
+SELECT used < :limit AS room FROM counters WHERE id = :id \gset
+\if :room
+UPDATE counters SET used = used + 1 WHERE id = :id;
+\endif
+SQL
+pgbench() { "$PG_BIN/pgbench" -n -M prepared -h 127.0.0.1 -p "$PORT" -U postgres "$@" app; }
+tps() { sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$1" | head -1; }
+
+# Warm plans and caches.
+pgbench -c "$CLIENTS" -j "$THREADS" -T 3 -f "$W/consume_spread.sql" >/dev/null
+declare -A TPS
+for run in consume_hot bare_hot consume_spread bare_spread; do
+    pgbench -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -f "$W/$run.sql" >"$W/$run.out" 2>&1
+    TPS[$run]=$(tps "$W/$run.out")
+    echo "[bench] $run: ${TPS[$run]} tps"
+done
+pgbench -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -D id=0 -D limit=1000000000000 \
+    -f "$W/two_step_hot.sql" >"$W/two_step.out" 2>&1
+TPS[two_step_hot]=$(tps "$W/two_step.out")
+echo "[bench] two_step_hot: ${TPS[two_step_hot]} tps"
+
+# Overshoot: a fresh counter with a limit of OVERSHOOT_LIMIT, CLIENTS clients each trying
+# 2 x OVERSHOOT_LIMIT / CLIENTS times (twice the limit in all).
+per_client=$(( 2 * OVERSHOOT_LIMIT / CLIENTS ))
+psql -d app -c "SELECT entitlements.set_limit_override(md5('overshoot')::uuid, 'api_calls', $OVERSHOOT_LIMIT)" >/dev/null
+cat > "$W/consume_limit.sql" <<'SQL'
+SELECT allowed FROM entitlements.consume(md5('overshoot')::uuid, 'api_calls');
+SQL
+pgbench -c "$CLIENTS" -j "$THREADS" -t "$per_client" -f "$W/consume_limit.sql" >/dev/null 2>&1
+consume_used=$(psql -d app -c "SELECT used FROM entitlements.usage(md5('overshoot')::uuid, 'api_calls')")
+psql -d app -c "UPDATE counters SET used = 0 WHERE id IN (1, 2)"
+cat > "$W/bare_limit.sql" <<SQL
+UPDATE counters SET used = used + 1 WHERE id = 1 AND used < $OVERSHOOT_LIMIT;
+SQL
+pgbench -c "$CLIENTS" -j "$THREADS" -t "$per_client" -f "$W/bare_limit.sql" >/dev/null 2>&1
+bare_used=$(psql -d app -c "SELECT used FROM counters WHERE id = 1")
+pgbench -c "$CLIENTS" -j "$THREADS" -t "$per_client" -D id=2 -D limit="$OVERSHOOT_LIMIT" \
+    -f "$W/two_step_hot.sql" >/dev/null 2>&1
+two_step_used=$(psql -d app -c "SELECT used FROM counters WHERE id = 2")
+echo "[bench] used after $((per_client * CLIENTS)) attempts at a limit of $OVERSHOOT_LIMIT: consume $consume_used, bare $bare_used, two-step $two_step_used"
+
+# In-server per-call cost of has_entitlement: a metered feature beside a boolean one.
+# The workspace is computed from g (the same one every row), so the call is made for every row
+# rather than once as a constant filter; both figures include that md5.
+percall() {
+    psql -d app -c "SELECT entitlements.consume(md5('percall0')::uuid, 'api_calls', 5)" >/dev/null
+    psql -d app -c "
+        SELECT round(extract(epoch FROM clock_timestamp() - t0) * 1e6 / 20000, 2)
+          FROM (SELECT clock_timestamp() AS t0) s,
+               LATERAL (SELECT count(*) FROM generate_series(1, 20000) g
+                         WHERE entitlements.has_entitlement(md5('percall' || (g * 0)::text)::uuid, '$1')) c"
+}
+percall ccp-01 >/dev/null  # warm
+boolean_us=$(percall ccp-01)
+metered_us=$(percall api_calls)
+echo "[bench] has_entitlement per call: boolean $boolean_us us, metered $metered_us us"
+
+"$PY" - "$CLIENTS" "$SECONDS_PER_RUN" "$durability" "${TPS[consume_hot]}" "${TPS[bare_hot]}" \
+    "${TPS[consume_spread]}" "${TPS[bare_spread]}" "${TPS[two_step_hot]}" "$OVERSHOOT_LIMIT" \
+    "$((per_client * CLIENTS))" "$consume_used" "$bare_used" "$two_step_used" "$boolean_us" "$metered_us" <<'PY'
+import sys
+(clients, secs, durability, ch, bh, cs, bs, two, limit, attempts, cu, bu, tu, bus, mus) = sys.argv[1:]
+f = lambda x: f"{float(x):,.0f}"
+print(f"""
+| workload ({clients} clients, {secs} s, fsync/synchronous_commit {durability}) | transactions/s | vs bare UPDATE |
+|---|---|---|
+| `consume`, one hot workspace | {f(ch)} | {float(ch)/float(bh):.2f}x |
+| bare `UPDATE counters SET used = used + 1 WHERE id = $1 AND used < $2`, one row | {f(bh)} | 1.00x |
+| `consume`, 10,000 workspaces | {f(cs)} | {float(cs)/float(bs):.2f}x |
+| bare UPDATE, 10,000 rows | {f(bs)} | 1.00x |
+| two statements (`SELECT used`, then `UPDATE`), one hot row | {f(two)} | {float(two)/float(bh):.2f}x |
+
+Overshoot, {attempts} attempts against a limit of {limit}: `consume` ended at {cu}
+(overshoot {int(cu) - int(limit)}), the bare conditional UPDATE at {bu} (overshoot
+{int(bu) - int(limit)}), the two-statement pattern at {tu} (overshoot {int(tu) - int(limit)}).
+
+`has_entitlement` in-server, per call: {bus} µs on a boolean feature (from the cache), {mus} µs
+on a metered one (never cached: it reads the counter).
+""")
+PY
