@@ -26,8 +26,8 @@ if [ "${SKIP_INSTALL:-}" != 1 ]; then
     cargo pgrx install --release --pg-config "$PG_BIN/pg_config" >/dev/null
 fi
 trap 'bash scripts/cluster.sh stop "$DIR"' EXIT
-# cluster.sh writes fsync = off for tests; the later lines win: default durability here.
-bash scripts/cluster.sh start "$DIR" "$PORT" "pg_entitlements.audit_database = 'app'" \
+# Default durability, stated explicitly (cluster.sh relaxes it only for the test suite).
+bash scripts/cluster.sh start "$DIR" "$PORT" \
     "max_connections = 50" "shared_buffers = 128MB" "fsync = on" "synchronous_commit = on"
 psql() { "$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
 psql -d postgres -c "CREATE DATABASE app"

@@ -25,7 +25,7 @@ if [ "${SKIP_INSTALL:-}" != 1 ]; then
 fi
 W=$(mktemp -d)
 trap 'bash scripts/cluster.sh stop "$DIR"; rm -rf "$W"' EXIT
-# cluster.sh writes fsync = off for tests; the later lines win: default durability here.
+# Default durability, stated explicitly (cluster.sh relaxes it only for the test suite).
 bash scripts/cluster.sh start "$DIR" "$PORT" "max_connections = 50" "shared_buffers = 128MB" \
     "fsync = on" "synchronous_commit = on" "pg_entitlements.audit = 'off'"
 psql() { "$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
