@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
+. scripts/pg_env.sh  # PG_CONFIG (or PG_ROOT) selects the PostgreSQL
 PY=$PWD/.run/venv/bin/python  # made by scripts/setup.sh
 [ -x "$PY" ] || bash scripts/setup.sh
 CLIENTS=${CLIENTS:-4}
@@ -23,7 +23,7 @@ DIR=$PWD/.run/bench-churn
 PORT=${BENCH_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 
 if [ "${SKIP_INSTALL:-}" != 1 ]; then
-    cargo pgrx install --release --pg-config "$PG_BIN/pg_config" >/dev/null
+    bash scripts/install.sh --release >/dev/null  # atomically: never over a running library
 fi
 trap 'bash scripts/cluster.sh stop "$DIR"' EXIT
 # Default durability, stated explicitly (cluster.sh relaxes it only for the test suite).

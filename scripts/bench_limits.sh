@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-PG_BIN=${PG_ROOT:-}/usr/lib/postgresql/15/bin
+. scripts/pg_env.sh  # PG_CONFIG (or PG_ROOT) selects the PostgreSQL
 PY=$PWD/.run/venv/bin/python  # made by scripts/setup.sh
 [ -x "$PY" ] || bash scripts/setup.sh
 CLIENTS=${CLIENTS:-8}
@@ -21,7 +21,7 @@ DIR=$PWD/.run/bench-limits
 PORT=${BENCH_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 
 if [ "${SKIP_INSTALL:-}" != 1 ]; then
-    PG_CONFIG="$PG_BIN/pg_config" bash scripts/install.sh --release >/dev/null
+    bash scripts/install.sh --release >/dev/null
 fi
 W=$(mktemp -d)
 trap 'bash scripts/cluster.sh stop "$DIR"; rm -rf "$W"' EXIT

@@ -756,3 +756,37 @@ fn a_batch_that_always_fails_is_given_up_after_retries() {
     assert_eq!(flushed_rows(&mut c, &ws), 1);
     assert!(pg.log().contains("whose INSERT failed 3 times"));
 }
+
+/// A record PostgreSQL refuses (here: a constraint a DBA added) is set apart and counted; the
+/// rest of its batch is stored, and the writer goes on.
+#[test]
+fn a_refused_record_drops_alone_and_the_rest_of_its_batch_is_stored() {
+    let pg = audited("audit-refused");
+    let mut c = pg.connect();
+    let ws = new_workspace(&mut c);
+    exec(&mut c, "ALTER TABLE entitlements.entitlement_checks ADD CONSTRAINT no_ccp_02 CHECK (feature <> 'ccp-02')");
+    // One transaction, so the three records are queued together and stored as one batch.
+    exec(
+        &mut c,
+        &format!(
+            "BEGIN;
+             SELECT * FROM entitlements.entitlement_check({ws}, 'ccp-01');
+             SELECT * FROM entitlements.entitlement_check({ws}, 'ccp-02');
+             SELECT * FROM entitlements.entitlement_check({ws}, 'ccp-03');
+             COMMIT;"
+        ),
+    );
+    flush(&mut c);
+    let stored: Vec<String> = c
+        .query(&format!("SELECT feature FROM entitlements.entitlement_checks WHERE workspace_id = {ws} ORDER BY feature"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored, ["ccp-01", "ccp-03"]);
+    assert_eq!(drops_by_cause(&mut c).3, 1, "the refused record is counted");
+    // and the writer still stores what comes next
+    check(&mut c, &ws, "ccp-04");
+    flush(&mut c);
+    assert_eq!(rows_for(&mut c, &ws), 3);
+}

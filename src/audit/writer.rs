@@ -386,29 +386,40 @@ fn maintain() {
 /// How long the writer's partition maintenance waits for a lock on the trail (creating and
 /// detaching partitions lock the parent exclusively): behind a long query on the trail, the
 /// writer gives up and retries later instead of leaving the queue to fill up.
-const MAINTENANCE_LOCK_TIMEOUT: &str = "1s";
+const MAINTENANCE_LOCK_TIMEOUT: &std::ffi::CStr = c"1s";
 
-/// `f` in a subtransaction with lock_timeout = MAINTENANCE_LOCK_TIMEOUT; the setting is put
-/// back after it (by the subtransaction's rollback when it fails).
+/// `f` in a subtransaction with lock_timeout = MAINTENANCE_LOCK_TIMEOUT, put back after it.
 fn with_short_lock_timeout<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
-    in_subtransaction(|| {
-        let previous = Spi::get_one::<String>("SELECT pg_catalog.current_setting('lock_timeout')")
-        .map_err(|e| e.to_string())?
-        .unwrap_or_default();
-        Spi::run_with_args("SELECT pg_catalog.set_config('lock_timeout', $1, true)", &[MAINTENANCE_LOCK_TIMEOUT.into()])
-            .map_err(|e| e.to_string())?;
-        let r = f()?;
-        Spi::run_with_args("SELECT pg_catalog.set_config('lock_timeout', $1, true)", &[previous.into()])
-            .map_err(|e| e.to_string())?;
-        Ok(r)
-    })
+    in_subtransaction(|| crate::pgutil::with_setting(c"lock_timeout", MAINTENANCE_LOCK_TIMEOUT, f))
 }
 
-/// Run `f` in a subtransaction; any ERROR rolls it back and is returned as its message.
-fn in_subtransaction<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+/// How a subtransaction failed: `f` returned an error, or raised one (kept, to be raised
+/// again or reported).
+enum Failed {
+    Returned(String),
+    Raised(pg_sys::panic::CaughtError),
+}
+
+impl Failed {
+    fn message(&self) -> String {
+        match self {
+            Failed::Returned(m) => m.clone(),
+            Failed::Raised(
+                pg_sys::panic::CaughtError::PostgresError(e) | pg_sys::panic::CaughtError::ErrorReport(e),
+            ) => e.message().to_owned(),
+            Failed::Raised(_) => "an internal error".to_owned(),
+        }
+    }
+}
+
+/// Run `f` in a subtransaction: released when it returns `Ok`, rolled back when it returns
+/// `Err` or raises an ERROR (which is caught and returned).
+fn subtransaction<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, Failed> {
     // The error is caught and the subtransaction rolled back: nothing f touched is used after.
     let f = std::panic::AssertUnwindSafe(f);
-    // SAFETY: the subtransaction pattern of PL/pgSQL's exception blocks, as in try_insert.
+    // SAFETY: the subtransaction pattern of PL/pgSQL's exception blocks: begin, and on success
+    // release, on error roll back, restoring the memory context and resource owner the caller
+    // had either way.
     unsafe {
         let context = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
@@ -423,22 +434,22 @@ fn in_subtransaction<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, Stri
             }
             pg_sys::MemoryContextSwitchTo(context);
             pg_sys::CurrentResourceOwner = owner;
-            r
+            r.map_err(Failed::Returned)
         })
         .catch_others(|caught| {
             pg_sys::MemoryContextSwitchTo(context);
-            let message = match &caught {
-                pg_sys::panic::CaughtError::PostgresError(e)
-                | pg_sys::panic::CaughtError::ErrorReport(e) => e.message().to_owned(),
-                _ => "an internal error".to_owned(),
-            };
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
             pg_sys::MemoryContextSwitchTo(context);
             pg_sys::CurrentResourceOwner = owner;
-            Err(message)
+            Err(Failed::Raised(caught))
         })
         .execute()
     }
+}
+
+/// Run `f` in a subtransaction; any error rolls it back and is returned as its message.
+fn in_subtransaction<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+    subtransaction(f).map_err(|e| e.message())
 }
 
 /// Which INSERT the database's audit table takes.
@@ -488,43 +499,25 @@ fn store(rows: &[Record], shape: Shape) -> u64 {
 /// One INSERT in a subtransaction. A data error (SQLSTATE classes 22 and 23) rolls the
 /// subtransaction back and is returned; anything else is raised again.
 fn try_insert(rows: &[Record], shape: Shape) -> Result<(), String> {
-    // SAFETY: the subtransaction pattern of PL/pgSQL's exception blocks: begin, and on
-    // success release, on error roll back, restoring the memory context and resource owner
-    // the caller had either way.
-    unsafe {
-        let context = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(context);
-        PgTryBuilder::new(|| {
-            insert(rows, shape);
-            pg_sys::ReleaseCurrentSubTransaction();
-            pg_sys::MemoryContextSwitchTo(context);
-            pg_sys::CurrentResourceOwner = owner;
-            Ok(())
-        })
-        .catch_others(|caught| {
-            pg_sys::MemoryContextSwitchTo(context);
-            let (class, message) = match &caught {
-                pg_sys::panic::CaughtError::PostgresError(e)
-                | pg_sys::panic::CaughtError::ErrorReport(e) => {
-                    (e.sql_error_code() as i32 & 0xfff, e.message().to_owned())
-                }
-                _ => (0, String::new()),
-            };
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            pg_sys::MemoryContextSwitchTo(context);
-            pg_sys::CurrentResourceOwner = owner;
-            // The class is the first two characters of the SQLSTATE, packed in the low bits.
-            let class_22 = (b'2' - b'0') as i32 | (((b'2' - b'0') as i32) << 6);
-            let class_23 = (b'2' - b'0') as i32 | (((b'3' - b'0') as i32) << 6);
-            if class == class_22 || class == class_23 {
-                Err(message)
-            } else {
-                caught.rethrow()
-            }
-        })
-        .execute()
+    let failed = match subtransaction(|| {
+        insert(rows, shape);
+        Ok(())
+    }) {
+        Ok(()) => return Ok(()),
+        Err(failed) => failed,
+    };
+    // The class is the first two characters of the SQLSTATE, packed in the low 12 bits.
+    let class = |c0: u8, c1: u8| i32::from(c0 - b'0') | (i32::from(c1 - b'0') << 6);
+    let data_error = match &failed {
+        Failed::Raised(pg_sys::panic::CaughtError::PostgresError(e) | pg_sys::panic::CaughtError::ErrorReport(e)) => {
+            let code = e.sql_error_code() as i32 & 0xfff;
+            code == class(b'2', b'2') || code == class(b'2', b'3')
+        }
+        _ => false,
+    };
+    match failed {
+        Failed::Raised(caught) if !data_error => caught.rethrow(),
+        other => Err(other.message()),
     }
 }
 
