@@ -247,7 +247,8 @@ CREATE TABLE entitlements.entitlement_checks (
     user_agent text,
     ip_address inet,
     session_role text,        -- the database role of the session (session_user)
-    connection_addr inet      -- the connection's own address (inet_client_addr())
+    connection_addr inet,     -- the connection's own address (inet_client_addr())
+    quantity bigint           -- the units a consume or refund moved; NULL for a check
 ) PARTITION BY RANGE (checked_at);
 -- One partition per UTC day, created ahead by the writer (entitlements.create_audit_partitions),
 -- so that retention drops whole days instead of deleting rows. The DEFAULT partition catches
@@ -279,8 +280,11 @@ SELECT pg_catalog.pg_extension_config_dump('entitlements.entitlement_checks_id_s
 -- The index is created on each partition, not on the parent: a partitioned index of the
 -- extension would be created again for each dumped day partition when a restore attaches
 -- it, before pg_dump's own CREATE INDEX of that partition's index, which then fails.
+-- Ascending on time: each new row lands at the right end of its workspace's range, where
+-- B-tree page splits leave full pages (in descending order every row landed at the left
+-- end and each split left half-empty pages); a newest-first read scans it backwards.
 CREATE INDEX entitlement_checks_default_workspace_time_idx
-    ON entitlements.entitlement_checks_default (workspace_id, checked_at DESC);
+    ON entitlements.entitlement_checks_default (workspace_id, checked_at);
 
 -- Statement triggers fire only on the table a statement names: one on the parent does not
 -- fire for a statement that addresses a partition directly (and a partition does not
@@ -335,7 +339,7 @@ BEGIN
                                WHERE checked_at >= lo AND checked_at < hi);
         EXECUTE format('CREATE TABLE entitlements.%I PARTITION OF entitlements.entitlement_checks'
                        ' FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
-        EXECUTE format('CREATE INDEX %I ON entitlements.%I (workspace_id, checked_at DESC)',
+        EXECUTE format('CREATE INDEX %I ON entitlements.%I (workspace_id, checked_at)',
                        part || '_workspace_time_idx', part);
         EXECUTE format('CREATE TRIGGER entitlement_checks_append_only'
                        ' BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.%I'
@@ -394,7 +398,7 @@ CREATE POLICY members_read ON entitlements.entitlement_checks FOR SELECT
 
 -- Rollups: per workspace, feature and UTC hour, how many checks had each outcome (result,
 -- cached, reason), and the last of them. The writer adds to them in the same subtransaction
--- as it stores the rows, from the batch aggregated in SQL (INSERT ... ON CONFLICT DO
+-- as it stores the rows, from the batch counted by group in the writer (INSERT ... ON CONFLICT DO
 -- UPDATE), so they count exactly the rows stored. The summary views read them instead of
 -- scanning 30 days of rows. Append-only like the trail, except for the writer's updates;
 -- prune_audit removes the hours that end at or before its cut. Kept by pg_dump.

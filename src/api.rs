@@ -208,6 +208,7 @@ fn audited(workspace_id: Uuid, c: &Checked) -> audit::Check<'_> {
         enabled: c.decision.enabled,
         reason: c.decision.reason,
         cached: c.cached,
+        quantity: None,
     }
 }
 

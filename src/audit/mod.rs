@@ -7,6 +7,7 @@
 
 mod queue;
 pub mod record;
+mod rollup;
 mod writer;
 
 pub use queue::MAX_WRITERS;
@@ -40,6 +41,8 @@ pub struct Check<'a> {
     pub enabled: bool,
     pub reason: Option<Reason>,
     pub cached: bool,
+    /// The units a `consume` or `refund` moved; None for a check.
+    pub quantity: Option<i64>,
 }
 
 /// Record one answered check. Never raises and never waits: when the record cannot be
@@ -77,6 +80,7 @@ pub fn record(check: &Check<'_>) {
         ip_address: InlineText::new(ip.as_deref().or(connection.as_deref())),
         session_role: InlineText::new(session_role().as_deref()),
         connection_addr: InlineText::new(connection.as_deref()),
+        quantity: check.quantity.into(),
     };
     queue::push(&record, database_oid, |slot, generation| writer::start(slot, generation, database_oid));
 }
@@ -342,6 +346,13 @@ fn flush_audit() -> i64 {
         queue::wake_writers();
         let handled = queue::handled().unwrap_or(target);
         if handled >= target {
+            // The writer commits asynchronously (docs/AUDIT.md, "Durability"): make what it
+            // committed durable before answering, so that a caller who flushed can rely on
+            // the rows surviving a crash. Any backend may flush WAL that others inserted.
+            if !in_recovery() {
+                // SAFETY: flushes WAL up to the current insert position; outside recovery.
+                unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
+            }
             return (target - start) as i64;
         }
         if crate::pgutil::now() > deadline {

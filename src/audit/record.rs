@@ -78,10 +78,30 @@ pub struct Record {
     pub session_role: InlineText<ROLE_MAX>,
     /// The connection's own address (`inet_client_addr()`), whatever address it asserted.
     pub connection_addr: InlineText<IP_MAX>,
+    /// The units a `consume` or `refund` moved; none for a check.
+    pub quantity: Quantity,
+}
+
+/// An optional quantity as plain bytes: `i64::MIN` (never a valid quantity, which is at
+/// least 1) stands for SQL NULL.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quantity(i64);
+
+impl Quantity {
+    pub fn get(self) -> Option<i64> {
+        (self.0 != i64::MIN).then_some(self.0)
+    }
+}
+
+impl From<Option<i64>> for Quantity {
+    fn from(q: Option<i64>) -> Self {
+        Quantity(q.unwrap_or(i64::MIN))
+    }
 }
 
 /// The queue's memory per record; docs/AUDIT.md quotes it.
-pub const RECORD_SIZE: usize = 552;
+pub const RECORD_SIZE: usize = 560;
 const _: () = assert!(std::mem::size_of::<Record>() == RECORD_SIZE);
 
 #[cfg(test)]
@@ -102,6 +122,13 @@ mod tests {
         // "é" is two bytes: 3 bytes of "aéé" would split the second one.
         assert_eq!(InlineText::<4>::new(Some("aéé")).get(), Some("aé"));
         assert_eq!(truncate("€", 2), "");
+    }
+
+    #[test]
+    fn quantity_round_trips_none_and_values() {
+        assert_eq!(Quantity::from(None).get(), None);
+        assert_eq!(Quantity::from(Some(1)).get(), Some(1));
+        assert_eq!(Quantity::from(Some(i64::MAX)).get(), Some(i64::MAX));
     }
 
 }

@@ -46,25 +46,22 @@ SELECT pg_catalog.unnest($1::pg_catalog.timestamptz[]), pg_catalog.unnest($2::pg
 const INSERT: &str = "
 INSERT INTO entitlements.entitlement_checks
        (checked_at, workspace_id, user_id, feature, result, reason, cached, user_agent,
-        ip_address, session_role, connection_addr)
+        ip_address, session_role, connection_addr, quantity)
 SELECT pg_catalog.unnest($1::pg_catalog.timestamptz[]), pg_catalog.unnest($2::pg_catalog.uuid[]),
        pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]),
        pg_catalog.unnest($5::pg_catalog.bool[]), pg_catalog.unnest($6::pg_catalog.text[]),
        pg_catalog.unnest($7::pg_catalog.bool[]), pg_catalog.unnest($8::pg_catalog.text[]),
        pg_catalog.unnest($9::pg_catalog.inet[]), pg_catalog.unnest($10::pg_catalog.text[]),
-       pg_catalog.unnest($11::pg_catalog.inet[])";
-/// The batch's counts added to the rollups, aggregated in SQL from the same arrays as the
-/// INSERT: checked_at, workspace, feature, result, reason, cached.
+       pg_catalog.unnest($11::pg_catalog.inet[]), pg_catalog.unnest($12::pg_catalog.int8[])";
+/// The batch's groups (counted by `rollup::aggregate`, one row each, so no two rows of the
+/// statement meet the same rollup row) added to the rollups.
 const ROLLUP: &str = "
 INSERT INTO entitlements.entitlement_check_rollups AS r
        (workspace_id, feature, hour, result, cached, reason, checks, last_checked_at)
-SELECT u.w, u.f, pg_catalog.date_trunc('hour', u.t, 'UTC'), u.res, u.c, u.rsn,
-       pg_catalog.count(*), pg_catalog.max(u.t)
-  FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.timestamptz[]), pg_catalog.unnest($2::pg_catalog.uuid[]),
-                  pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.bool[]),
-                  pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.bool[]))
-       AS u(t, w, f, res, rsn, c)
- GROUP BY 1, 2, 3, 4, 5, 6
+SELECT pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.text[]),
+       pg_catalog.unnest($3::pg_catalog.timestamptz[]), pg_catalog.unnest($4::pg_catalog.bool[]),
+       pg_catalog.unnest($5::pg_catalog.bool[]), pg_catalog.unnest($6::pg_catalog.text[]),
+       pg_catalog.unnest($7::pg_catalog.int8[]), pg_catalog.unnest($8::pg_catalog.timestamptz[])
 ON CONFLICT ON CONSTRAINT entitlement_check_rollups_key DO UPDATE
    SET checks = r.checks OPERATOR(pg_catalog.+) EXCLUDED.checks,
        last_checked_at = GREATEST(r.last_checked_at, EXCLUDED.last_checked_at)";
@@ -149,6 +146,17 @@ pub extern "C-unwind" fn pg_entitlements_audit_writer(arg: pg_sys::Datum) {
         pg_sys::SetConfigOption(
             c"search_path".as_ptr(),
             crate::pgutil::PINNED_SEARCH_PATH.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+        // Asynchronous commit for the writer's own transactions: its records wait in shared
+        // memory until they are stored, so a crash loses whatever is queued either way; a
+        // commit that is not yet flushed loses nothing more than that (at most
+        // wal_writer_delay's worth, which the WAL writer flushes), never a committed check
+        // of a caller, and it spares the writer a WAL flush per batch (docs/AUDIT.md).
+        pg_sys::SetConfigOption(
+            c"synchronous_commit".as_ptr(),
+            c"off".as_ptr(),
             pg_sys::GucContext::PGC_SUSET,
             pg_sys::GucSource::PGC_S_OVERRIDE,
         );
@@ -309,10 +317,18 @@ unsafe extern "C-unwind" fn process_utility(
 /// any other failure is an ERROR: the worker exits, the batch stays queued and the restarted
 /// worker retries it (MAX_ATTEMPTS times).
 fn write(rows: &[Record]) -> Option<u64> {
-    let table = Spi::get_one::<pg_sys::Oid>(
-        "SELECT pg_catalog.to_regclass('entitlements.entitlement_checks')::pg_catalog.oid",
-    );
-    let Ok(Some(table)) = table else { return None };
+    // Syscache lookups rather than a statement parsed and planned for every batch.
+    // SAFETY: catalog lookups inside the transaction; missing_ok, InvalidOid when absent.
+    let table = unsafe {
+        let schema = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
+        if schema == pg_sys::InvalidOid {
+            return None;
+        }
+        pg_sys::get_relname_relid(c"entitlement_checks".as_ptr(), schema)
+    };
+    if table == pg_sys::InvalidOid {
+        return None;
+    }
     // SAFETY: syscache lookups inside the transaction; missing_ok / InvalidAttrNumber.
     let (shape, role) = unsafe {
         let current = pg_sys::get_attnum(table, c"connection_addr".as_ptr()) != pg_sys::InvalidAttrNumber as i16;
@@ -339,7 +355,7 @@ thread_local! {
     static NEXT_PRUNE: std::cell::Cell<i64> = const { std::cell::Cell::new(i64::MIN) };
 }
 
-const HOUR_US: i64 = 3_600_000_000;
+use super::rollup::HOUR_US;
 const DAY_US: i64 = 24 * HOUR_US;
 /// Days of partitions kept ready: today and the next two (a writer idle over a midnight, or
 /// restarted just before one, still finds the day's partition).
@@ -540,37 +556,24 @@ fn insert(rows: &[Record], shape: Shape) {
     let workspace: Vec<pgrx::Uuid> = rows.iter().map(|r| pgrx::Uuid::from_bytes(r.workspace_id)).collect();
     let text = |f: fn(&Record) -> Option<&str>| -> Vec<Option<&str>> { rows.iter().map(f).collect() };
     let result: Vec<bool> = rows.iter().map(|r| r.result).collect();
-    let reason: Vec<Option<&str>> =
-        rows.iter().map(|r| Reason::from_ordinal(r.reason).map(Reason::code)).collect();
+    let reason = |ordinal: u8| Reason::from_ordinal(ordinal).map(Reason::code);
     let cached: Vec<bool> = rows.iter().map(|r| r.cached).collect();
-    // The rollup reads the same arrays (DatumWithOid is not Clone: the few vectors are).
-    let rollup_args: Vec<DatumWithOid> = if shape == Shape::Current {
-        vec![
-            checked_at.clone().into(),
-            workspace.clone().into(),
-            text(|r| r.feature.get()).into(),
-            result.clone().into(),
-            reason.clone().into(),
-            cached.clone().into(),
-        ]
-    } else {
-        Vec::new()
-    };
     let mut args: Vec<DatumWithOid> = vec![
         checked_at.into(),
         workspace.into(),
         text(|r| r.user_id.get()).into(),
         text(|r| r.feature.get()).into(),
         result.into(),
-        reason.into(),
+        rows.iter().map(|r| reason(r.reason)).collect::<Vec<_>>().into(),
         cached.into(),
         text(|r| r.user_agent.get()).into(),
         text(|r| r.ip_address.get()).into(),
         text(|r| r.session_role.get()).into(),
         text(|r| r.connection_addr.get()).into(),
+        rows.iter().map(|r| r.quantity.get()).collect::<Vec<_>>().into(),
     ];
     let (sql, slot, n) = match shape {
-        Shape::Current => (INSERT, &INSERT_PLAN, 11),
+        Shape::Current => (INSERT, &INSERT_PLAN, 12),
         Shape::V0_1 => (INSERT_0_1, &INSERT_0_1_PLAN, 9),
     };
     args.truncate(n);
@@ -586,28 +589,53 @@ fn insert(rows: &[Record], shape: Shape) {
         BuiltinOid::TEXTARRAYOID,
         BuiltinOid::TEXTARRAYOID,
         BuiltinOid::TEXTARRAYOID,
+        BuiltinOid::INT8ARRAYOID,
     ]
     .map(PgOid::BuiltIn);
-    let run = |sql: &str, slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>>>,
-               types: &[PgOid],
-               args: &[DatumWithOid]| {
-        Spi::connect_mut(|client| {
-            // The plan is copied out of the cell before it runs: no borrow is held meanwhile.
-            let plan = slot.with(|cell| cell.borrow_mut().take());
-            let plan = match plan {
-                Some(p) => p,
-                None => client.prepare_mut(sql, types)?.keep(),
-            };
-            let out = client.update(&plan, None, args).map(|_| ());
-            slot.with(|cell| *cell.borrow_mut() = Some(plan));
-            out
-        })
-        .unwrap_or_else(|e| crate::errors::internal(e));
-    };
     run(sql, slot, &types[..n], &args);
     if shape == Shape::Current {
         // In the INSERT's subtransaction: rows refused and rolled back are not counted.
-        let rollup_types = [0, 1, 3, 4, 5, 6].map(|i| types[i]);
-        run(ROLLUP, &ROLLUP_PLAN, &rollup_types, &rollup_args);
+        let groups = super::rollup::aggregate(rows);
+        let ts = |t: i64| crate::pgutil::timestamptz(t);
+        let args: Vec<DatumWithOid> = vec![
+            groups.iter().map(|g| pgrx::Uuid::from_bytes(g.workspace_id)).collect::<Vec<_>>().into(),
+            groups.iter().map(|g| g.feature).collect::<Vec<_>>().into(),
+            groups.iter().map(|g| ts(g.hour)).collect::<Vec<_>>().into(),
+            groups.iter().map(|g| g.result).collect::<Vec<_>>().into(),
+            groups.iter().map(|g| g.cached).collect::<Vec<_>>().into(),
+            groups.iter().map(|g| reason(g.reason)).collect::<Vec<_>>().into(),
+            groups.iter().map(|g| g.checks).collect::<Vec<_>>().into(),
+            groups.iter().map(|g| ts(g.last_checked_at)).collect::<Vec<_>>().into(),
+        ];
+        let types = [
+            BuiltinOid::UUIDARRAYOID,
+            BuiltinOid::TEXTARRAYOID,
+            BuiltinOid::TIMESTAMPTZARRAYOID,
+            BuiltinOid::BOOLARRAYOID,
+            BuiltinOid::BOOLARRAYOID,
+            BuiltinOid::TEXTARRAYOID,
+            BuiltinOid::INT8ARRAYOID,
+            BuiltinOid::TIMESTAMPTZARRAYOID,
+        ]
+        .map(PgOid::BuiltIn);
+        run(ROLLUP, &ROLLUP_PLAN, &types, &args);
     }
+}
+
+type PlanSlot = std::thread::LocalKey<std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>>>;
+
+/// Run `sql` with its plan kept in `slot` for the writer's life.
+fn run(sql: &str, slot: &'static PlanSlot, types: &[pgrx::pg_sys::PgOid], args: &[DatumWithOid]) {
+    Spi::connect_mut(|client| {
+        // The plan is taken out of the cell while it runs: no borrow is held meanwhile.
+        let plan = slot.with(|cell| cell.borrow_mut().take());
+        let plan = match plan {
+            Some(p) => p,
+            None => client.prepare_mut(sql, types)?.keep(),
+        };
+        let out = client.update(&plan, None, args).map(|_| ());
+        slot.with(|cell| *cell.borrow_mut() = Some(plan));
+        out
+    })
+    .unwrap_or_else(|e| crate::errors::internal(e));
 }
