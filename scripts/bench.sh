@@ -10,7 +10,7 @@ bash scripts/setup.sh
 echo "[bench] release build"
 bash scripts/install.sh --release >/dev/null
 which=("$@")
-[ ${#which[@]} -gt 0 ] || which=(cache churn stripe audit catalog limits)
+[ ${#which[@]} -gt 0 ] || which=(cache churn stripe audit audit_views catalog limits)
 export SKIP_INSTALL=1  # installed above
 for b in "${which[@]}"; do
     # psycopg lives in the virtual environment setup.sh made.

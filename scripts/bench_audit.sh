@@ -8,7 +8,8 @@
 #   insert_baseline  a PL/pgSQL function that reads billing_state and features and INSERTs an
 #                    audit row in the caller's transaction (the plain design, no background writer)
 # Installs a release build first. PG_CONFIG (or PG_ROOT) selects the PostgreSQL (pg_env.sh).
-#   CLIENTS=4 SECONDS_PER_RUN=10 ROUNDS=3 bash scripts/bench_audit.sh
+# Then one sustained audit-on run (SUSTAINED_SECONDS, default 60) whose drops are reported.
+#   CLIENTS=4 SECONDS_PER_RUN=10 ROUNDS=3 SUSTAINED_SECONDS=60 bash scripts/bench_audit.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -93,6 +94,14 @@ for r in $(seq "$ROUNDS"); do
     run select_1 "$W/select_1.sql" >> "$results"
     run insert_baseline "$W/inline.sql" >> "$results"
 done
+# The sustained run: audit on for SUSTAINED_SECONDS at once; the drops over it must be 0.
+SUSTAINED_SECONDS=${SUSTAINED_SECONDS:-60}
+dropped() { psql -d app -At -c "SELECT dropped FROM entitlements.audit_statistics()"; }
+d0=$(dropped); q0=$(psql -d app -At -c "SELECT queued FROM entitlements.audit_statistics()")
+sustained=$("$PG_BIN/pgbench" -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$SUSTAINED_SECONDS" \
+    -h 127.0.0.1 -p "$PORT" -U postgres -f "$W/check.sql" app 2>/dev/null | awk '/^tps/ {printf "%.0f", $3}')
+psql -d app -c "SELECT entitlements.flush_audit()" >/dev/null
+d1=$(dropped); q1=$(psql -d app -At -c "SELECT queued FROM entitlements.audit_statistics()")
 psql -d app -c "SELECT entitlements.flush_audit()" >/dev/null
 stats=$(psql -d app -At -F ' ' -c "SELECT queued, written, dropped, pending FROM entitlements.audit_statistics()")
 rows=$(psql -d app -At -c "SELECT count(*) FROM entitlements.entitlement_checks")
@@ -110,3 +119,4 @@ awk '{ s[$1] += $2; n[$1]++; v[$1] = v[$1] " " $2 }
      }' "$results"
 echo "audit counters (queued written dropped pending): $stats; rows in entitlement_checks: $rows"
 awk -v tck="$TCK" '{ t += $1; w += $2 } END { if (w > 0) printf "writer CPU per stored row: %.2f us (%d rows, %.2f CPU s)\n", t / tck / w * 1e6, w, t / tck }' "$cpu"
+echo "sustained: ${SUSTAINED_SECONDS} s of audit on at $sustained tps: $(( q1 - q0 )) records queued, $(( d1 - d0 )) dropped"

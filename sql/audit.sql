@@ -157,12 +157,15 @@ CREATE POLICY members_read ON entitlements.entitlement_checks FOR SELECT
     USING (workspace_id IN (SELECT m.workspace_id FROM entitlements.workspace_members m
                              WHERE m.user_id = entitlements.current_user_id()));
 
--- Rollups: per workspace, feature and UTC hour, how many checks had each outcome (result,
--- cached, reason), and the last of them. The writer adds to them in the same subtransaction
--- as it stores the rows, from the batch counted by group in the writer (INSERT ... ON CONFLICT DO
--- UPDATE), so they count exactly the rows stored. The summary views read them instead of
--- scanning 30 days of rows. Append-only like the trail, except for the writer's updates;
--- prune_audit removes the hours that end at or before its cut. Kept by pg_dump.
+-- Rollups: per workspace, UTC hour and feature, how many checks had each outcome (result,
+-- cached, reason), and the last of them; and the same per workspace and UTC day, across
+-- features. The writer adds to both in the same subtransaction as it stores the rows, from
+-- the batch counted by group in the writer (INSERT ... ON CONFLICT DO UPDATE), so they count
+-- exactly the rows stored. The summary views read them instead of scanning 30 days of rows:
+-- whole days from the daily rollups, the hours of the window's first, partial day from the
+-- hourly ones, so a view reads at most a day of hours whatever the trail holds.
+-- Append-only like the trail, except for the writer's updates; prune_audit removes the hours
+-- (and days) that end at or before its cut. Kept by pg_dump.
 CREATE TABLE entitlements.entitlement_check_rollups (
     workspace_id uuid NOT NULL,
     feature text NOT NULL,
@@ -173,21 +176,59 @@ CREATE TABLE entitlements.entitlement_check_rollups (
     checks bigint NOT NULL,
     last_checked_at timestamptz NOT NULL,
     CONSTRAINT entitlement_check_rollups_key
-        UNIQUE NULLS NOT DISTINCT (workspace_id, feature, hour, result, cached, reason)
+        UNIQUE NULLS NOT DISTINCT (workspace_id, hour, feature, result, cached, reason)
 );
+-- The views' first, partial day across every workspace.
+CREATE INDEX entitlement_check_rollups_hour_idx ON entitlements.entitlement_check_rollups (hour);
 SELECT pg_catalog.pg_extension_config_dump('entitlements.entitlement_check_rollups', '');
+CREATE TABLE entitlements.entitlement_check_daily (
+    workspace_id uuid NOT NULL,
+    day timestamptz NOT NULL,             -- the start of the UTC day of the checks
+    result boolean NOT NULL,
+    cached boolean NOT NULL,
+    reason text,
+    checks bigint NOT NULL,
+    last_checked_at timestamptz NOT NULL,
+    CONSTRAINT entitlement_check_daily_key
+        UNIQUE NULLS NOT DISTINCT (workspace_id, day, result, cached, reason)
+);
+CREATE INDEX entitlement_check_daily_day_idx ON entitlements.entitlement_check_daily (day);
+SELECT pg_catalog.pg_extension_config_dump('entitlements.entitlement_check_daily', '');
 CREATE TRIGGER entitlement_check_rollups_append_only
     BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.entitlement_check_rollups
     FOR EACH STATEMENT EXECUTE FUNCTION entitlements.entitlement_checks_append_only();
 ALTER TABLE entitlements.entitlement_check_rollups ENABLE ALWAYS TRIGGER entitlement_check_rollups_append_only;
+CREATE TRIGGER entitlement_check_daily_append_only
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.entitlement_check_daily
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.entitlement_checks_append_only();
+ALTER TABLE entitlements.entitlement_check_daily ENABLE ALWAYS TRIGGER entitlement_check_daily_append_only;
 ALTER TABLE entitlements.entitlement_check_rollups ENABLE ROW LEVEL SECURITY;
 ALTER TABLE entitlements.entitlement_check_rollups FORCE ROW LEVEL SECURITY;
 CREATE POLICY members_read ON entitlements.entitlement_check_rollups FOR SELECT
     USING (workspace_id IN (SELECT m.workspace_id FROM entitlements.workspace_members m
                              WHERE m.user_id = entitlements.current_user_id()));
+ALTER TABLE entitlements.entitlement_check_daily ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.entitlement_check_daily FORCE ROW LEVEL SECURITY;
+CREATE POLICY members_read ON entitlements.entitlement_check_daily FOR SELECT
+    USING (workspace_id IN (SELECT m.workspace_id FROM entitlements.workspace_members m
+                             WHERE m.user_id = entitlements.current_user_id()));
 
--- Views run as the caller (security_invoker), so the policies apply to them too. The last
--- 30 days are counted by whole hours: every hour that ends after now() - 30 days.
+-- The last 30 days as the views count them, by whole hours: every hour that ends after
+-- now() - 30 days. A day whose first hour is in the window is counted whole from the daily
+-- rollups; the day that straddles the window's start, hour by hour from the hourly ones
+-- (from the window's start to that day's end, 24 hours after its UTC midnight). Runs as
+-- the caller (security_invoker), so the policies apply. Not for direct use.
+CREATE VIEW entitlements.entitlement_check_window WITH (security_invoker = true) AS
+SELECT r.workspace_id, r.result, r.cached, r.reason, r.checks, r.last_checked_at
+  FROM entitlements.entitlement_check_rollups r
+ WHERE r.hour > now() - interval '30 days' - interval '1 hour'
+   AND r.hour < date_trunc('day', now() - interval '30 days' - interval '1 hour', 'UTC') + interval '24 hours'
+UNION ALL
+SELECT d.workspace_id, d.result, d.cached, d.reason, d.checks, d.last_checked_at
+  FROM entitlements.entitlement_check_daily d
+ WHERE d.day > now() - interval '30 days' - interval '1 hour';
+
+-- Views run as the caller (security_invoker), so the policies apply to them too.
 CREATE VIEW entitlements.entitlement_checks_summary WITH (security_invoker = true) AS
 SELECT workspace_id,
        sum(checks)::bigint AS check_count,
@@ -195,8 +236,7 @@ SELECT workspace_id,
        coalesce(sum(checks) FILTER (WHERE NOT result), 0)::bigint AS denied,
        coalesce(sum(checks) FILTER (WHERE cached), 0)::bigint AS cached,
        round(100.0 * coalesce(sum(checks) FILTER (WHERE cached), 0) / sum(checks), 1) AS cache_hit_rate_pct
-  FROM entitlements.entitlement_check_rollups
- WHERE hour > now() - interval '30 days' - interval '1 hour'
+  FROM entitlements.entitlement_check_window
  GROUP BY workspace_id;
 
 CREATE VIEW entitlements.denials_by_reason WITH (security_invoker = true) AS
@@ -204,8 +244,8 @@ SELECT workspace_id,
        reason,
        sum(checks)::bigint AS denials,
        max(last_checked_at) AS last_denied_at
-  FROM entitlements.entitlement_check_rollups
- WHERE NOT result AND hour > now() - interval '30 days' - interval '1 hour'
+  FROM entitlements.entitlement_check_window
+ WHERE NOT result
  GROUP BY workspace_id, reason;
 
 -- Every database's records are stored in that database, by a writer of its own; the number

@@ -89,6 +89,8 @@ CREATE POLICY audit_writer_inserts ON entitlements.entitlement_checks FOR INSERT
 -- updates, so SELECT and UPDATE too; the guard refuses updates from anyone else).
 CREATE POLICY audit_writer_rolls_up ON entitlements.entitlement_check_rollups
     TO entitlements_audit_writer USING (true) WITH CHECK (true);
+CREATE POLICY audit_writer_rolls_up ON entitlements.entitlement_check_daily
+    TO entitlements_audit_writer USING (true) WITH CHECK (true);
 
 -- Admins write the catalog, overrides, members and the Stripe price map directly; readers
 -- read every workspace's rows (never the webhook secrets: no policy, no grant).
@@ -103,6 +105,7 @@ CREATE POLICY reader_reads ON entitlements.overrides FOR SELECT TO entitlements_
 CREATE POLICY reader_reads ON entitlements.workspace_members FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.entitlement_checks FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.entitlement_check_rollups FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.entitlement_check_daily FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.stripe_price_tiers FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.stripe_customers FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.stripe_subscriptions FOR SELECT TO entitlements_reader USING (true);
@@ -153,7 +156,8 @@ GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspac
                 entitlements.billing_state, entitlements.entitlements, entitlements.overrides,
                 entitlements.workspace_members, entitlements.entitlements_current,
                 entitlements.billing_status_current, entitlements.entitlement_checks,
-                entitlements.entitlement_check_rollups,
+                entitlements.entitlement_check_rollups, entitlements.entitlement_check_daily,
+                entitlements.entitlement_check_window,
                 entitlements.entitlement_checks_summary, entitlements.denials_by_reason
    TO entitlements_app;
 -- Asserting an identity is the application's privilege, not every connected role's.
@@ -165,7 +169,8 @@ GRANT EXECUTE ON FUNCTION entitlements.apply_stripe_event(text, text) TO entitle
 
 -- The audit writer stores rows, nothing else.
 GRANT INSERT ON entitlements.entitlement_checks TO entitlements_audit_writer;
-GRANT SELECT, INSERT, UPDATE ON entitlements.entitlement_check_rollups TO entitlements_audit_writer;
+GRANT SELECT, INSERT, UPDATE ON entitlements.entitlement_check_rollups,
+                                entitlements.entitlement_check_daily TO entitlements_audit_writer;
 
 GRANT USAGE ON SCHEMA entitlements TO entitlements_admin, entitlements_reader;
 
@@ -209,7 +214,8 @@ GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspac
                 entitlements.billing_state, entitlements.entitlements, entitlements.overrides,
                 entitlements.workspace_members, entitlements.entitlements_current,
                 entitlements.billing_status_current, entitlements.entitlement_checks,
-                entitlements.entitlement_check_rollups,
+                entitlements.entitlement_check_rollups, entitlements.entitlement_check_daily,
+                entitlements.entitlement_check_window,
                 entitlements.entitlement_checks_summary, entitlements.denials_by_reason,
                 entitlements.stripe_price_tiers, entitlements.stripe_customers,
                 entitlements.stripe_subscriptions, entitlements.stripe_events,

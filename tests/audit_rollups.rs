@@ -29,11 +29,11 @@ SELECT workspace_id::text, coalesce(reason, '-'), denials, last_denied_at::text
 type Summary = (String, i64, i64, i64, i64, String);
 type Denials = (String, String, i64, String);
 
-fn summary(c: &mut Client, sql: &str) -> Vec<Summary> {
+fn summary(c: &mut impl postgres::GenericClient, sql: &str) -> Vec<Summary> {
     c.query(sql, &[]).unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))).collect()
 }
 
-fn denials(c: &mut Client, sql: &str) -> Vec<Denials> {
+fn denials(c: &mut impl postgres::GenericClient, sql: &str) -> Vec<Denials> {
     c.query(sql, &[]).unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect()
 }
 
@@ -108,6 +108,71 @@ fn property_the_views_over_rollups_equal_counts_over_the_raw_rows() {
     let left: i64 = c.query_one("SELECT count(*) FROM entitlements.entitlement_check_rollups", &[]).unwrap().get(0);
     assert_eq!(left, 0);
     assert!(summary(c, SUMMARY_VIEW).is_empty());
+}
+
+/// The views count the last 30 days by whole hours, reading whole days from the daily
+/// rollups and the window's first, partial day from the hourly ones. Rows spread over 35
+/// days (loaded the way a restore loads them, with both rollups built as the writer groups
+/// them) give the same counts as the same window over the raw rows, and pruning takes the
+/// days with the hours.
+#[test]
+fn the_views_window_joins_days_and_hours_exactly() {
+    let pg = Cluster::start("rollups-window");
+    let mut c = pg.connect();
+    exec(&mut c, "
+        SELECT entitlements.create_audit_partitions((now() AT TIME ZONE 'UTC')::date - 36, 38);
+        INSERT INTO entitlements.entitlement_checks (checked_at, workspace_id, feature, result, reason, cached)
+        SELECT now() - (g * interval '17 minutes') - (g % 7) * interval '1 second',
+               (ARRAY['11111111-1111-1111-1111-111111111111', '22222222-2222-2222-2222-222222222222']::uuid[])[1 + g % 2],
+               'ccp-0' || (1 + g % 3), g % 5 <> 0, CASE WHEN g % 5 = 0 THEN (ARRAY['TIER_INSUFFICIENT', 'SUBSCRIPTION_CANCELED'])[1 + g % 2] END,
+               g % 3 = 0
+          FROM generate_series(0, 35 * 24 * 60 / 17) g;
+        INSERT INTO entitlements.entitlement_check_rollups
+               (workspace_id, feature, hour, result, cached, reason, checks, last_checked_at)
+        SELECT workspace_id, feature, date_trunc('hour', checked_at, 'UTC'), result, cached, reason, count(*), max(checked_at)
+          FROM entitlements.entitlement_checks GROUP BY 1, 2, 3, 4, 5, 6;
+        INSERT INTO entitlements.entitlement_check_daily
+               (workspace_id, day, result, cached, reason, checks, last_checked_at)
+        SELECT workspace_id, date_trunc('day', checked_at, 'UTC'), result, cached, reason, count(*), max(checked_at)
+          FROM entitlements.entitlement_checks GROUP BY 1, 2, 3, 4, 5;");
+    // Every hour that ends after now() - 30 days, over the raw rows.
+    let window = "date_trunc('hour', checked_at, 'UTC') > now() - interval '30 days' - interval '1 hour'";
+    let summary_raw = format!(
+        "SELECT workspace_id::text, count(*), count(*) FILTER (WHERE result), count(*) FILTER (WHERE NOT result),
+                count(*) FILTER (WHERE cached), round(100.0 * count(*) FILTER (WHERE cached) / count(*), 1)::text
+           FROM entitlements.entitlement_checks WHERE {window} GROUP BY 1 ORDER BY 1");
+    let denials_raw = format!(
+        "SELECT workspace_id::text, coalesce(reason, '-'), count(*), max(checked_at)::text
+           FROM entitlements.entitlement_checks WHERE NOT result AND {window} GROUP BY 1, 2 ORDER BY 1, 2");
+    // In one transaction, so now() is the same for the view and the raw count.
+    let mut t = c.transaction().unwrap();
+    let view = summary(&mut t, SUMMARY_VIEW);
+    assert_eq!(view, summary(&mut t, &summary_raw));
+    assert_eq!(denials(&mut t, DENIALS_VIEW), denials(&mut t, &denials_raw));
+    // The window left rows out (those older than 30 days), and counted rows of 31 days.
+    let total: i64 = t.query_one("SELECT count(*) FROM entitlements.entitlement_checks", &[]).unwrap().get(0);
+    let counted: i64 = view.iter().map(|s| s.1).sum();
+    assert!(counted < total && counted > total * 30 / 36, "{counted} of {total}");
+    t.commit().unwrap();
+    // Pruning 10 days back takes the days and hours that end before the cut, nothing after.
+    c.query_one("SELECT entitlements.prune_audit('10 days')", &[]).unwrap();
+    let left: (i64, i64) = {
+        let r = c.query_one(
+            "SELECT (SELECT count(*) FROM entitlements.entitlement_check_daily WHERE day + interval '24 hours' <= now() - interval '10 days'),
+                    (SELECT count(*) FROM entitlements.entitlement_check_rollups WHERE hour + interval '1 hour' <= now() - interval '10 days')",
+            &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(left, (0, 0));
+    // Each day counts what its hours count, the day that straddled the cut too.
+    let mismatched: i64 = c.query_one(
+        "WITH h AS (SELECT workspace_id, date_trunc('day', hour, 'UTC'), result, cached, reason, sum(checks)::bigint
+                      FROM entitlements.entitlement_check_rollups GROUP BY 1, 2, 3, 4, 5),
+              d AS (SELECT workspace_id, day, result, cached, reason, checks FROM entitlements.entitlement_check_daily)
+         SELECT count(*) FROM ((TABLE h EXCEPT TABLE d) UNION ALL (TABLE d EXCEPT TABLE h)) x", &[]).unwrap().get(0);
+    assert_eq!(mismatched, 0);
+    let kept: i64 = c.query_one("SELECT count(*) FROM entitlements.entitlement_check_daily", &[]).unwrap().get(0);
+    assert!(kept >= 2 * 10, "{kept}");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use common::*;
 const TABLES: &[&str] = &[
     "tiers", "features", "workspaces", "billing_state", "overrides", "workspace_members",
     "stripe_price_tiers", "stripe_customers", "stripe_subscriptions", "stripe_events", "entitlement_checks",
-    "entitlement_check_rollups",
+    "entitlement_check_rollups", "entitlement_check_daily",
     "feature_limits", "limit_overrides", "usage_counters", "usage_periods", "usage_idempotency",
 ];
 

@@ -108,6 +108,9 @@ fn planted_functions_never_run_in_the_audit_writer() {
     assert_eq!(
         privileges,
         vec![
+            "entitlement_check_daily INSERT".to_owned(),
+            "entitlement_check_daily SELECT".to_owned(),
+            "entitlement_check_daily UPDATE".to_owned(),
             "entitlement_check_rollups INSERT".to_owned(),
             "entitlement_check_rollups SELECT".to_owned(),
             "entitlement_check_rollups UPDATE".to_owned(),

@@ -199,6 +199,11 @@ fn alter_extension_update_from_0_1_0_matches_a_fresh_install_and_keeps_every_row
         .unwrap()
         .get(0);
     assert_eq!(rolled_up, 30, "the rollups start from the rows kept");
+    let by_day: i64 = old
+        .query_one("SELECT sum(checks)::bigint FROM entitlements.entitlement_check_daily", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(by_day, 30, "the daily rollups start from the rows kept");
     assert_eq!(decisions(&mut old), decisions_before, "a decision changed");
     // And the updated database works as the current version does: checks, audit, Stripe.
     let ok: bool = old

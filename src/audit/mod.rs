@@ -234,8 +234,10 @@ fn entitlement_checks_append_only<'a>(
     let allowed = match op {
         Op::Insert => {
             IS_WRITER.with(Cell::get)
+                || PRUNING.with(Cell::get)
                 || superuser_loading_an_empty_trail(trigger.relid().unwrap_or_else(|e| errors::internal(e)))
         }
+        // Pruning also counts again the day that straddles its cut (in the daily rollups).
         Op::Delete => PRUNING.with(Cell::get),
         // Only the rollups are ever updated, by the writer adding a batch's counts.
         Op::Update => IS_WRITER.with(Cell::get),
@@ -316,11 +318,35 @@ pub(crate) fn prune_before(cut: pgrx::datum::TimestampWithTimeZone) -> i64 {
             &[cut.into()],
         )?
         .unwrap_or(0);
-        // The rollups' hours that end at or before the cut (the hour that straddles it keeps
-        // its counts: rollups are by whole hours).
+        // The rollups' hours (and days) that end at or before the cut (the hour and the day
+        // that straddle it keep their counts: rollups are by whole hours and days).
         Spi::run_with_args(
             "DELETE FROM entitlements.entitlement_check_rollups
               WHERE hour OPERATOR(pg_catalog.+) '1 hour'::pg_catalog.interval OPERATOR(pg_catalog.<=) $1",
+            &[cut.into()],
+        )?;
+        Spi::run_with_args(
+            "DELETE FROM entitlements.entitlement_check_daily
+              WHERE day OPERATOR(pg_catalog.+) '24 hours'::pg_catalog.interval OPERATOR(pg_catalog.<=) $1",
+            &[cut.into()],
+        )?;
+        // The day that straddles the cut is counted again from the hours it keeps, so that
+        // a day always counts what its hours count (the views read days and hours alike).
+        Spi::run_with_args(
+            "DELETE FROM entitlements.entitlement_check_daily
+              WHERE day OPERATOR(pg_catalog.=) pg_catalog.date_trunc('day', $1, 'UTC')",
+            &[cut.into()],
+        )?;
+        Spi::run_with_args(
+            "INSERT INTO entitlements.entitlement_check_daily
+                    (workspace_id, day, result, cached, reason, checks, last_checked_at)
+             SELECT workspace_id, pg_catalog.date_trunc('day', hour, 'UTC'), result, cached, reason,
+                    pg_catalog.sum(checks), pg_catalog.max(last_checked_at)
+               FROM entitlements.entitlement_check_rollups
+              WHERE hour OPERATOR(pg_catalog.>=) pg_catalog.date_trunc('day', $1, 'UTC')
+                AND hour OPERATOR(pg_catalog.<) (pg_catalog.date_trunc('day', $1, 'UTC')
+                                                 OPERATOR(pg_catalog.+) '24 hours'::pg_catalog.interval)
+              GROUP BY 1, 2, 3, 4, 5",
             &[cut.into()],
         )?;
         Ok(dropped + deleted)

@@ -1,9 +1,11 @@
-//! The per-hour rollups of a batch, counted in the writer before the batch is stored: one
-//! row per (workspace, feature, UTC hour, result, cached, reason), with how many checks had
-//! that outcome and the last of them. Pure Rust, so the aggregation is unit-tested; the
-//! writer adds the groups to `entitlements.entitlement_check_rollups` in the same
-//! subtransaction as the rows. Counting here rather than in SQL keeps the rollups' cost per
-//! row to a hash-map update, and the SQL statement to one row per group.
+//! The rollups of a batch, counted in the writer before the batch is stored: one row per
+//! (workspace, feature, UTC hour, result, cached, reason) for
+//! `entitlements.entitlement_check_rollups`, and one per (workspace, UTC day, result, cached,
+//! reason) for `entitlements.entitlement_check_daily`, each with how many checks had that
+//! outcome and the last of them. Pure Rust, so the aggregation is unit-tested; the writer
+//! adds the groups in the same subtransaction as the rows. Counting here rather than in SQL
+//! keeps the rollups' cost per row to a hash-map update, and the SQL statements to one row
+//! per group.
 
 use super::record::Record;
 use std::collections::HashMap;
@@ -12,18 +14,27 @@ use std::collections::HashMap;
 /// hour, so flooring to a multiple of it is the start of the UTC hour.
 pub const HOUR_US: i64 = 3_600_000_000;
 
+/// Microseconds in a UTC day (no leap seconds in PostgreSQL's clock).
+pub const DAY_US: i64 = 24 * HOUR_US;
+
 /// The start of the UTC hour that `t` (PostgreSQL microseconds) falls in.
 pub fn hour_of(t: i64) -> i64 {
     t - t.rem_euclid(HOUR_US)
+}
+
+/// The start of the UTC day that `t` falls in (PostgreSQL's epoch is a UTC midnight).
+pub fn day_of(t: i64) -> i64 {
+    t - t.rem_euclid(DAY_US)
 }
 
 /// One rollup row to add.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group<'a> {
     pub workspace_id: [u8; 16],
-    /// None only for a record whose feature did not decode (it is stored with none as well).
+    /// None for a day group, and for a record whose feature did not decode.
     pub feature: Option<&'a str>,
-    pub hour: i64,
+    /// The start of the group's hour (or day).
+    pub start: i64,
     pub result: bool,
     pub cached: bool,
     /// `Reason::ordinal()`, 0 for none.
@@ -51,7 +62,7 @@ pub fn aggregate(rows: &[Record]) -> Vec<Group<'_>> {
                 groups.push(Group {
                     workspace_id: key.0,
                     feature: key.1,
-                    hour: key.2,
+                    start: key.2,
                     result: key.3,
                     cached: key.4,
                     reason: key.5,
@@ -62,6 +73,28 @@ pub fn aggregate(rows: &[Record]) -> Vec<Group<'_>> {
         }
     }
     groups
+}
+
+/// The day groups of hour groups: the same counts by (workspace, UTC day, result, cached,
+/// reason), across features.
+pub fn days<'a>(hours: &[Group<'a>]) -> Vec<Group<'a>> {
+    let mut index: HashMap<([u8; 16], i64, bool, bool, u8), usize> = HashMap::new();
+    let mut days: Vec<Group<'a>> = Vec::new();
+    for h in hours {
+        let key = (h.workspace_id, day_of(h.start), h.result, h.cached, h.reason);
+        match index.get(&key) {
+            Some(&i) => {
+                let d = &mut days[i];
+                d.checks += h.checks;
+                d.last_checked_at = d.last_checked_at.max(h.last_checked_at);
+            }
+            None => {
+                index.insert(key, days.len());
+                days.push(Group { feature: None, start: key.1, ..h.clone() });
+            }
+        }
+    }
+    days
 }
 
 #[cfg(test)]
@@ -102,7 +135,7 @@ mod tests {
         let rows = [rec(1, "a", 10, true, true, 0), rec(1, "a", 30, true, true, 0), rec(1, "a", 20, true, true, 0)];
         let g = aggregate(&rows);
         assert_eq!(g.len(), 1);
-        assert_eq!((g[0].checks, g[0].last_checked_at, g[0].hour), (3, 30, 0));
+        assert_eq!((g[0].checks, g[0].last_checked_at, g[0].start), (3, 30, 0));
     }
 
     #[test]
@@ -154,11 +187,33 @@ mod tests {
                 .iter()
                 .filter(|r| {
                     (r.workspace_id, r.feature.get(), hour_of(r.checked_at), r.result, r.cached, r.reason)
-                        == (g.workspace_id, g.feature, g.hour, g.result, g.cached, g.reason)
+                        == (g.workspace_id, g.feature, g.start, g.result, g.cached, g.reason)
                 })
                 .collect();
             assert_eq!(members.len() as i64, g.checks);
             assert_eq!(members.iter().map(|r| r.checked_at).max(), Some(g.last_checked_at));
         }
+        // The day groups, folded from the hour groups, count the same rows by day.
+        let days = days(&groups);
+        assert_eq!(days.iter().map(|d| d.checks).sum::<i64>(), rows.len() as i64);
+        for d in &days {
+            let members: Vec<&Record> = rows
+                .iter()
+                .filter(|r| {
+                    (r.workspace_id, day_of(r.checked_at), r.result, r.cached, r.reason)
+                        == (d.workspace_id, d.start, d.result, d.cached, d.reason)
+                })
+                .collect();
+            assert_eq!(d.feature, None);
+            assert_eq!(members.len() as i64, d.checks);
+            assert_eq!(members.iter().map(|r| r.checked_at).max(), Some(d.last_checked_at));
+        }
+    }
+
+    #[test]
+    fn days_floor_to_the_utc_midnight() {
+        assert_eq!(day_of(DAY_US - 1), 0);
+        assert_eq!(day_of(DAY_US + HOUR_US), DAY_US);
+        assert_eq!(day_of(-1), -DAY_US);
     }
 }

@@ -53,16 +53,27 @@ SELECT pg_catalog.unnest($1::pg_catalog.timestamptz[]), pg_catalog.unnest($2::pg
        pg_catalog.unnest($7::pg_catalog.bool[]), pg_catalog.unnest($8::pg_catalog.text[]),
        pg_catalog.unnest($9::pg_catalog.inet[]), pg_catalog.unnest($10::pg_catalog.text[]),
        pg_catalog.unnest($11::pg_catalog.inet[]), pg_catalog.unnest($12::pg_catalog.int8[])";
-/// The batch's groups (counted by `rollup::aggregate`, one row each, so no two rows of the
-/// statement meet the same rollup row) added to the rollups.
+/// The batch's hour groups (counted by `rollup::aggregate`, one row each, so no two rows of
+/// the statement meet the same rollup row) added to the rollups.
 const ROLLUP: &str = "
 INSERT INTO entitlements.entitlement_check_rollups AS r
-       (workspace_id, feature, hour, result, cached, reason, checks, last_checked_at)
-SELECT pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.text[]),
-       pg_catalog.unnest($3::pg_catalog.timestamptz[]), pg_catalog.unnest($4::pg_catalog.bool[]),
-       pg_catalog.unnest($5::pg_catalog.bool[]), pg_catalog.unnest($6::pg_catalog.text[]),
-       pg_catalog.unnest($7::pg_catalog.int8[]), pg_catalog.unnest($8::pg_catalog.timestamptz[])
+       (workspace_id, hour, result, cached, reason, checks, last_checked_at, feature)
+SELECT pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.timestamptz[]),
+       pg_catalog.unnest($3::pg_catalog.bool[]), pg_catalog.unnest($4::pg_catalog.bool[]),
+       pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.int8[]),
+       pg_catalog.unnest($7::pg_catalog.timestamptz[]), pg_catalog.unnest($8::pg_catalog.text[])
 ON CONFLICT ON CONSTRAINT entitlement_check_rollups_key DO UPDATE
+   SET checks = r.checks OPERATOR(pg_catalog.+) EXCLUDED.checks,
+       last_checked_at = GREATEST(r.last_checked_at, EXCLUDED.last_checked_at)";
+/// The batch's day groups (`rollup::days`) added to the daily rollups.
+const DAILY: &str = "
+INSERT INTO entitlements.entitlement_check_daily AS r
+       (workspace_id, day, result, cached, reason, checks, last_checked_at)
+SELECT pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.timestamptz[]),
+       pg_catalog.unnest($3::pg_catalog.bool[]), pg_catalog.unnest($4::pg_catalog.bool[]),
+       pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.int8[]),
+       pg_catalog.unnest($7::pg_catalog.timestamptz[])
+ON CONFLICT ON CONSTRAINT entitlement_check_daily_key DO UPDATE
    SET checks = r.checks OPERATOR(pg_catalog.+) EXCLUDED.checks,
        last_checked_at = GREATEST(r.last_checked_at, EXCLUDED.last_checked_at)";
 // (unnest in the select list zips the arrays without materialising them: about 20% less
@@ -355,8 +366,7 @@ thread_local! {
     static NEXT_PRUNE: std::cell::Cell<i64> = const { std::cell::Cell::new(i64::MIN) };
 }
 
-use super::rollup::HOUR_US;
-const DAY_US: i64 = 24 * HOUR_US;
+use super::rollup::{DAY_US, HOUR_US};
 /// Days of partitions kept ready: today and the next two (a writer idle over a midnight, or
 /// restarted just before one, still finds the day's partition).
 const DAYS_AHEAD: i32 = 3;
@@ -547,6 +557,8 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
     static ROLLUP_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
         const { std::cell::RefCell::new(None) };
+    static DAILY_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 fn insert(rows: &[Record], shape: Shape) {
@@ -595,32 +607,45 @@ fn insert(rows: &[Record], shape: Shape) {
     run(sql, slot, &types[..n], &args);
     if shape == Shape::Current {
         // In the INSERT's subtransaction: rows refused and rolled back are not counted.
-        let groups = super::rollup::aggregate(rows);
-        let ts = |t: i64| crate::pgutil::timestamptz(t);
-        let args: Vec<DatumWithOid> = vec![
-            groups.iter().map(|g| pgrx::Uuid::from_bytes(g.workspace_id)).collect::<Vec<_>>().into(),
-            groups.iter().map(|g| g.feature).collect::<Vec<_>>().into(),
-            groups.iter().map(|g| ts(g.hour)).collect::<Vec<_>>().into(),
-            groups.iter().map(|g| g.result).collect::<Vec<_>>().into(),
-            groups.iter().map(|g| g.cached).collect::<Vec<_>>().into(),
-            groups.iter().map(|g| reason(g.reason)).collect::<Vec<_>>().into(),
-            groups.iter().map(|g| g.checks).collect::<Vec<_>>().into(),
-            groups.iter().map(|g| ts(g.last_checked_at)).collect::<Vec<_>>().into(),
-        ];
-        let types = [
-            BuiltinOid::UUIDARRAYOID,
-            BuiltinOid::TEXTARRAYOID,
-            BuiltinOid::TIMESTAMPTZARRAYOID,
-            BuiltinOid::BOOLARRAYOID,
-            BuiltinOid::BOOLARRAYOID,
-            BuiltinOid::TEXTARRAYOID,
-            BuiltinOid::INT8ARRAYOID,
-            BuiltinOid::TIMESTAMPTZARRAYOID,
-        ]
-        .map(PgOid::BuiltIn);
-        run(ROLLUP, &ROLLUP_PLAN, &types, &args);
+        let hours = super::rollup::aggregate(rows);
+        let days = super::rollup::days(&hours);
+        run(ROLLUP, &ROLLUP_PLAN, &GROUP_TYPES, &group_args(&hours, true));
+        run(DAILY, &DAILY_PLAN, &GROUP_TYPES[..7], &group_args(&days, false));
     }
 }
+
+/// The arrays of ROLLUP (or, without the features, of DAILY).
+fn group_args<'a>(groups: &'a [super::rollup::Group<'a>], with_feature: bool) -> Vec<DatumWithOid<'a>> {
+    let ts = |t: i64| crate::pgutil::timestamptz(t);
+    let reason = |ordinal: u8| Reason::from_ordinal(ordinal).map(Reason::code);
+    let mut args: Vec<DatumWithOid> = vec![
+        groups.iter().map(|g| pgrx::Uuid::from_bytes(g.workspace_id)).collect::<Vec<_>>().into(),
+        groups.iter().map(|g| ts(g.start)).collect::<Vec<_>>().into(),
+        groups.iter().map(|g| g.result).collect::<Vec<_>>().into(),
+        groups.iter().map(|g| g.cached).collect::<Vec<_>>().into(),
+        groups.iter().map(|g| reason(g.reason)).collect::<Vec<_>>().into(),
+        groups.iter().map(|g| g.checks).collect::<Vec<_>>().into(),
+        groups.iter().map(|g| ts(g.last_checked_at)).collect::<Vec<_>>().into(),
+    ];
+    if with_feature {
+        args.push(groups.iter().map(|g| g.feature).collect::<Vec<_>>().into());
+    }
+    args
+}
+
+const GROUP_TYPES: [pgrx::pg_sys::PgOid; 8] = {
+    use pgrx::pg_sys::{BuiltinOid, PgOid};
+    [
+        PgOid::BuiltIn(BuiltinOid::UUIDARRAYOID),
+        PgOid::BuiltIn(BuiltinOid::TIMESTAMPTZARRAYOID),
+        PgOid::BuiltIn(BuiltinOid::BOOLARRAYOID),
+        PgOid::BuiltIn(BuiltinOid::BOOLARRAYOID),
+        PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID),
+        PgOid::BuiltIn(BuiltinOid::INT8ARRAYOID),
+        PgOid::BuiltIn(BuiltinOid::TIMESTAMPTZARRAYOID),
+        PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID),
+    ]
+};
 
 type PlanSlot = std::thread::LocalKey<std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>>>;
 
