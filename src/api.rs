@@ -18,6 +18,8 @@ pub struct Checked {
     pub cached: bool,
     pub cache_ttl_remaining: Option<i32>,
     pub resolved_at: i64,
+    /// The time of the check itself (the clock read that decided it), what the audit records.
+    pub checked_at: i64,
     /// The tier a paywall offers (see `required_tier`).
     pub required_tier: Option<String>,
 }
@@ -67,6 +69,7 @@ fn from_cache(feature: &str, e: &Entry, now: i64, reader: &cache::Reader) -> Che
         cached: true,
         cache_ttl_remaining: Some(cache::ttl_seconds(e.expires_at, now)),
         resolved_at: e.cached_at,
+        checked_at: now,
     }
 }
 
@@ -82,6 +85,7 @@ fn computed(inputs: FeatureInputs, decision: Decision, now: i64, reader: Option<
         cached: false,
         cache_ttl_remaining: ttl,
         resolved_at: now,
+        checked_at: now,
     }
 }
 
@@ -202,7 +206,7 @@ unsafe impl pgrx::callconv::BoxRet for CheckResultRow {
 /// its cached decision was made).
 fn audited(workspace_id: Uuid, c: &Checked) -> audit::Check<'_> {
     audit::Check {
-        checked_at: now(),
+        checked_at: c.checked_at,
         workspace_id: *workspace_id.as_bytes(),
         feature: &c.feature,
         enabled: c.decision.enabled,

@@ -1,7 +1,17 @@
 //! Every `pg_entitlements.*` setting, registered once from `_PG_init`.
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
+
+/// `f` of a string setting's current value, borrowed rather than copied (`get()` allocates a
+/// copy; the audit reads several settings per check).
+pub fn with_str<R>(setting: &GucSetting<Option<CString>>, f: impl FnOnce(Option<&CStr>) -> R) -> R {
+    // SAFETY: the GUC machinery keeps a NUL-terminated string (or NULL) in the variable and
+    // replaces it only when the setting changes, which nothing inside `f` (building a record
+    // or comparing a value) can do.
+    let raw = unsafe { *setting.as_ptr() };
+    f((!raw.is_null()).then(|| unsafe { CStr::from_ptr(raw) }))
+}
 
 /// How long a `past_due` subscription keeps access, in seconds (SHOW prints it with a unit,
 /// e.g. `7d`). Reload-time only: a session must not be able to grant itself grace.

@@ -34,6 +34,20 @@ pub enum Missing {
     BadSub,
 }
 
+/// `f` of the asserted identity (None when there is none), without copying an identity set
+/// with `pg_entitlements.user_id` (the audit records one per check).
+pub fn with_current_user_id<R>(f: impl FnOnce(Option<&str>) -> R) -> R {
+    fn usable(id: Option<&CStr>) -> Option<&str> {
+        id.and_then(|id| id.to_str().ok()).filter(|id| !id.is_empty())
+    }
+    if gucs::IDENTITY_SOURCE.get() != gucs::IdentitySource::Jwt
+        && gucs::with_str(&gucs::USER_ID, |id| usable(id).is_some())
+    {
+        return gucs::with_str(&gucs::USER_ID, |id| f(usable(id)));
+    }
+    f(current_user_id().as_deref())
+}
+
 /// The identity, or why there is none.
 pub fn asserted_identity() -> Result<String, Missing> {
     use crate::gucs::IdentitySource;

@@ -16,7 +16,7 @@ use crate::gucs::{self, AuditMode};
 use crate::resolver::Reason;
 use crate::{errors, identity};
 use pgrx::prelude::*;
-use record::{InlineText, Record};
+use record::{InlineText, Record, IP_MAX, ROLE_MAX, USER_AGENT_MAX};
 use std::cell::{Cell, OnceCell};
 use std::ffi::CStr;
 use std::time::Duration;
@@ -62,11 +62,11 @@ pub fn record(check: &Check<'_>) {
         queue::count_dropped(queue::Cause::Standby, 1);
         return;
     }
-    let user_agent = user_agent();
-    let ip = client_ip();
-    let connection = connection_address();
     // SAFETY: set at backend start, constant afterwards.
     let database_oid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    // The session's own facts are kept per backend as record fields, and the settings are
+    // read in place: a record costs no allocation.
+    let (session_role, connection_addr) = session_fields();
     let record = Record {
         database_oid,
         result: check.enabled,
@@ -75,11 +75,11 @@ pub fn record(check: &Check<'_>) {
         checked_at: check.checked_at,
         workspace_id: check.workspace_id,
         feature: InlineText::new(Some(check.feature)),
-        user_id: InlineText::new(identity::current_user_id().as_deref()),
-        user_agent: InlineText::new(user_agent.as_deref()),
-        ip_address: InlineText::new(ip.as_deref().or(connection.as_deref())),
-        session_role: InlineText::new(session_role().as_deref()),
-        connection_addr: InlineText::new(connection.as_deref()),
+        user_id: identity::with_current_user_id(InlineText::new),
+        user_agent: user_agent(),
+        ip_address: client_ip().unwrap_or(connection_addr),
+        session_role,
+        connection_addr,
         quantity: check.quantity.into(),
     };
     queue::push(&record, database_oid, |slot, generation| writer::start(slot, generation, database_oid));
@@ -90,38 +90,38 @@ fn in_recovery() -> bool {
     unsafe { pg_sys::RecoveryInProgress() }
 }
 
-fn user_agent() -> Option<String> {
-    if let Some(ua) = gucs::USER_AGENT.get() {
-        return Some(ua.to_string_lossy().into_owned());
+fn user_agent() -> InlineText<USER_AGENT_MAX> {
+    let from_setting = gucs::with_str(&gucs::USER_AGENT, |ua| ua.map(|ua| InlineText::new(Some(&ua.to_string_lossy()))));
+    if let Some(ua) = from_setting {
+        return ua;
     }
     // SAFETY: application_name is a GUC-owned C string (or NULL), valid until it is next
     // set, which cannot happen while we copy it.
     let app = unsafe { pg_sys::application_name };
     if app.is_null() {
-        return None;
+        return InlineText::new(None);
     }
     // SAFETY: non-null and NUL-terminated, as above.
     let app = unsafe { CStr::from_ptr(app) }.to_string_lossy();
-    (!app.is_empty()).then(|| app.into_owned())
+    InlineText::new((!app.is_empty()).then_some(&*app))
 }
 
 /// `pg_entitlements.client_ip` in canonical form, if set (its check hook admitted it, so it
 /// parses; should it not, it is recorded as NULL rather than fail the writer's INSERT).
-fn client_ip() -> Option<String> {
-    let ip = gucs::CLIENT_IP.get()?;
-    if ip.is_empty() {
-        return None;
-    }
-    LAST_CLIENT_IP.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some((raw, canonical)) = last.as_ref() {
-            if raw == &ip {
-                return canonical.clone();
+fn client_ip() -> Option<InlineText<IP_MAX>> {
+    gucs::with_str(&gucs::CLIENT_IP, |ip| {
+        let ip = ip.filter(|ip| !ip.is_empty())?;
+        LAST_CLIENT_IP.with(|last| {
+            let mut last = last.borrow_mut();
+            if let Some((raw, canonical)) = last.as_ref() {
+                if raw.as_c_str() == ip {
+                    return *canonical;
+                }
             }
-        }
-        let canonical = canonical_inet(&ip);
-        *last = Some((ip, canonical.clone()));
-        canonical
+            let canonical = canonical_inet(ip).map(|c| InlineText::new(Some(&c)));
+            *last = Some((ip.to_owned(), canonical));
+            canonical
+        })
     })
 }
 
@@ -144,53 +144,48 @@ pub fn canonical_inet(s: &CStr) -> Option<String> {
 
 thread_local! {
     /// The last client_ip seen and its canonical form: apps set the same value for many checks.
-    static LAST_CLIENT_IP: std::cell::RefCell<Option<(std::ffi::CString, Option<String>)>> =
+    static LAST_CLIENT_IP: std::cell::RefCell<Option<(std::ffi::CString, Option<InlineText<IP_MAX>>)>> =
         const { std::cell::RefCell::new(None) };
     /// The session role's name with its OID (SET SESSION AUTHORIZATION can change it).
-    static SESSION_ROLE: std::cell::RefCell<Option<(pg_sys::Oid, Option<String>)>> =
-        const { std::cell::RefCell::new(None) };
+    static SESSION_ROLE: Cell<Option<(pg_sys::Oid, InlineText<ROLE_MAX>)>> = const { Cell::new(None) };
 }
 
-/// `session_user`: the database role that authenticated, whatever identity it asserts.
-fn session_role() -> Option<String> {
+/// `session_user` (the database role that authenticated, whatever identity it asserts) and
+/// `inet_client_addr()`, as record fields.
+fn session_fields() -> (InlineText<ROLE_MAX>, InlineText<IP_MAX>) {
     // SAFETY: the session user is set once the backend has connected.
     let oid = unsafe { pg_sys::GetSessionUserId() };
-    SESSION_ROLE.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if let Some((known, name)) = cell.as_ref() {
-            if *known == oid {
-                return name.clone();
-            }
+    let role = match SESSION_ROLE.with(Cell::get) {
+        Some((known, name)) if known == oid => name,
+        _ => {
+            // SAFETY: a syscache lookup inside a transaction; noerr = true returns NULL for a
+            // role that does not exist (it cannot, for the session's own role).
+            let name = unsafe {
+                let p = pg_sys::GetUserNameFromId(oid, true);
+                InlineText::new((!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy()).as_deref())
+            };
+            SESSION_ROLE.with(|c| c.set(Some((oid, name))));
+            name
         }
-        // SAFETY: a syscache lookup inside a transaction; noerr = true returns NULL for a
-        // role that does not exist (it cannot, for the session's own role).
-        let name = unsafe {
-            let p = pg_sys::GetUserNameFromId(oid, true);
-            (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
-        };
-        *cell = Some((oid, name.clone()));
-        name
-    })
+    };
+    (role, CONNECTION_ADDRESS.with(|cell| *cell.get_or_init(connection_address)))
 }
 
 thread_local! {
-    static CONNECTION_ADDRESS: OnceCell<Option<String>> = const { OnceCell::new() };
+    static CONNECTION_ADDRESS: OnceCell<InlineText<IP_MAX>> = const { OnceCell::new() };
 }
 
-/// `inet_client_addr()::text`, computed once: a connection's peer does not change.
-fn connection_address() -> Option<String> {
-    CONNECTION_ADDRESS.with(|cell| {
-        cell.get_or_init(|| {
-            // SAFETY: inet_client_addr reads MyProcPort and returns NULL when there is no
-            // network peer; inet_out turns the inet it returned into a palloc'd C string.
-            unsafe {
-                let inet = pgrx::direct_function_call_as_datum(pg_sys::inet_client_addr, &[])?;
-                let text = pgrx::direct_function_call::<&CStr>(pg_sys::inet_out, &[Some(inet)])?;
-                Some(text.to_string_lossy().into_owned())
-            }
+/// `inet_client_addr()` in canonical text, computed once: a connection's peer does not change.
+fn connection_address() -> InlineText<IP_MAX> {
+    // SAFETY: inet_client_addr reads MyProcPort and returns NULL when there is no network
+    // peer; inet_out turns the inet it returned into a palloc'd C string.
+    let text = unsafe {
+        pgrx::direct_function_call_as_datum(pg_sys::inet_client_addr, &[]).and_then(|inet| {
+            pgrx::direct_function_call::<&CStr>(pg_sys::inet_out, &[Some(inet)])
+                .map(|t| t.to_string_lossy().into_owned())
         })
-        .clone()
-    })
+    };
+    InlineText::new(text.as_deref())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -227,19 +227,26 @@ pub fn count_dropped(cause: Cause, n: u64) {
         return;
     };
     h.dropped[cause as usize].fetch_add(n, Ordering::Relaxed);
-    report_drops();
+    // The statement's start time, not the clock: a burst of drops must not cost a clock
+    // read each, and drops happen inside a statement, so its start is at most that
+    // statement's length behind.
+    // SAFETY: reads a backend-local timestamp; no preconditions.
+    report_drops_at(unsafe { pg_sys::GetCurrentStatementStartTimestamp() });
 }
 
 /// Write the drops not yet reported to the server log, unless a report was written less
 /// than a minute ago (the writers call it on every tick, so drops are reported within about
 /// a minute even when they stop).
 pub fn report_drops() {
+    report_drops_at(now());
+}
+
+fn report_drops_at(now: i64) {
     let Some(h) = header() else { return };
     let unreported = (0..CAUSES).any(|i| h.dropped[i].load(Ordering::Relaxed) > h.reported[i].load(Ordering::Relaxed));
     if !unreported {
         return;
     }
-    let now = now();
     let last = h.reported_at.load(Ordering::Relaxed);
     if now - last < 60_000_000
         || h.reported_at.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_err()
