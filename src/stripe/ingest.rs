@@ -9,7 +9,7 @@ use super::decide::{self, Handling, Outcome, Tier};
 use super::event::{self, CheckoutFacts, Event, EventError, InvoiceFacts, SubscriptionFacts};
 use super::{signature, store};
 use crate::pgutil::{or_internal, require};
-use crate::{errors, gucs};
+use crate::{billing, errors, gucs};
 use pgrx::prelude::*;
 use pgrx::{composite_type, search_path, Uuid};
 
@@ -232,17 +232,18 @@ fn apply_to_workspace(event: &Event, f: &SubscriptionFacts, deleted: bool, works
     if !decide::takes_over(current.as_ref().map(|c| (c.subscription.as_str(), c.status.as_str())), &f.id, status) {
         return Outcome::Stale;
     }
-    store::write_billing(&store::BillingWrite {
+    billing::write(&billing::BillingWrite {
         workspace,
         tier: &tier,
         status,
-        trial_end: f.trial_end,
-        current_period_end: f.current_period_end,
-        current_period_start: f.current_period_start,
+        trial_end: f.trial_end.map(billing::from_unix),
+        current_period_end: f.current_period_end.map(billing::from_unix),
+        current_period_start: f.current_period_start.map(billing::from_unix),
         cancel_at_period_end: f.cancel_at_period_end,
-        past_due_since: (status == "past_due").then(|| decide::past_due_since(event.created, unix_now())),
+        past_due_since: (status == "past_due")
+            .then(|| billing::from_unix(decide::past_due_since(event.created, unix_now()))),
         customer: f.customer.as_deref(),
-        subscription: &f.id,
+        subscription: Some(&f.id),
     });
     Outcome::Applied
 }

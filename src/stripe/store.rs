@@ -6,61 +6,13 @@
 
 use super::decide::{Outcome, Tier};
 use crate::errors;
+use crate::spi_write::{first, run, Stmt, INT8, JSONB, TEXT, TEXT_ARRAY, UUID};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::CaughtError;
-use pgrx::pg_sys::{BuiltinOid, PgOid};
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiResult, SpiTupleTable};
 use pgrx::Uuid;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::CString;
-
-const TEXT: PgOid = PgOid::BuiltIn(BuiltinOid::TEXTOID);
-const TEXT_ARRAY: PgOid = PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID);
-const INT8: PgOid = PgOid::BuiltIn(BuiltinOid::INT8OID);
-const UUID: PgOid = PgOid::BuiltIn(BuiltinOid::UUIDOID);
-const BOOL: PgOid = PgOid::BuiltIn(BuiltinOid::BOOLOID);
-const JSONB: PgOid = PgOid::BuiltIn(BuiltinOid::JSONBOID);
-
-/// One SQL statement with its parameter types; its address keys the plan cache.
-pub struct Stmt {
-    sql: &'static str,
-    args: &'static [PgOid],
-}
-
-thread_local! {
-    static PLANS: RefCell<HashMap<usize, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
-}
-
-/// Run `stmt` (planned on first use, kept for the backend's life) and read its result.
-/// The plan is taken out of the cache while it runs, so a statement reached again from inside
-/// (a trigger) plans its own copy instead of finding the cache borrowed; an ERROR while it runs
-/// drops it, and the next call plans it again.
-fn run<R>(
-    stmt: &'static Stmt,
-    args: &[DatumWithOid<'_>],
-    read: impl FnOnce(SpiTupleTable<'_>) -> SpiResult<R>,
-) -> R {
-    let key = stmt as *const Stmt as usize;
-    let result = Spi::connect_mut(|client| {
-        let plan = match PLANS.with(|p| p.borrow_mut().remove(&key)) {
-            Some(plan) => plan,
-            None => client.prepare_mut(stmt.sql, stmt.args)?.keep(),
-        };
-        let out = client.update(&plan, None, args).and_then(read);
-        PLANS.with(|p| p.borrow_mut().insert(key, plan));
-        out
-    });
-    result.unwrap_or_else(|e| errors::internal(e))
-}
-
-fn first<T: IntoDatum + FromDatum>(table: SpiTupleTable<'_>) -> SpiResult<Option<T>> {
-    if table.is_empty() {
-        return Ok(None);
-    }
-    table.first().get_one::<T>()
-}
 
 // ---------------------------------------------------------------------------------------
 // Secrets.
@@ -441,81 +393,6 @@ fn read_current(stmt: &'static Stmt, workspace: Uuid) -> Option<Current> {
             _ => None,
         })
     })
-}
-
-/// One billing_state write. The triggers of sql/api.sql keep past_due_since, updated_at and
-/// the entitlement matrix right, exactly as for `sync_billing_state`.
-pub struct BillingWrite<'a> {
-    pub workspace: Uuid,
-    pub tier: &'a str,
-    pub status: &'a str,
-    pub trial_end: Option<i64>,
-    pub current_period_end: Option<i64>,
-    pub current_period_start: Option<i64>,
-    pub cancel_at_period_end: bool,
-    pub past_due_since: Option<i64>,
-    pub customer: Option<&'a str>,
-    pub subscription: &'a str,
-}
-
-macro_rules! write_billing_sql {
-    ($period_start_column:literal, $period_start_value:literal, $period_start_update:literal) => {
-        // The same upsert as sync_billing_state plus the Stripe columns. past_due_since: kept
-        // while the row stays past_due, else the event's time (the BEFORE trigger clears it for
-        // any other status). The customer id is written unless another workspace's row holds it
-        // (the column is UNIQUE; the first link wins, as in stripe_customers).
-        concat!(
-            "INSERT INTO entitlements.billing_state AS b
-                 (workspace_id, tier, status, trial_end, current_period_end, cancel_at_period_end,
-                  past_due_since, stripe_customer_id, stripe_subscription_id", $period_start_column, ")
-          VALUES ($1, $2, $3, to_timestamp($4), to_timestamp($5), $6, to_timestamp($7),
-                  CASE WHEN NOT EXISTS (SELECT 1 FROM entitlements.billing_state o
-                                         WHERE o.stripe_customer_id = $8 AND o.workspace_id <> $1)
-                       THEN $8 END,
-                  $9", $period_start_value, ")
-          ON CONFLICT ON CONSTRAINT billing_state_pkey DO UPDATE
-             SET tier = EXCLUDED.tier, status = EXCLUDED.status, trial_end = EXCLUDED.trial_end,
-                 current_period_end = EXCLUDED.current_period_end,
-                 cancel_at_period_end = EXCLUDED.cancel_at_period_end,
-                 past_due_since = CASE WHEN b.status = 'past_due' THEN b.past_due_since
-                                       ELSE EXCLUDED.past_due_since END,
-                 stripe_customer_id = coalesce(EXCLUDED.stripe_customer_id, b.stripe_customer_id),
-                 stripe_subscription_id = EXCLUDED.stripe_subscription_id", $period_start_update
-        )
-    };
-}
-
-static WRITE_BILLING: Stmt = Stmt {
-    sql: write_billing_sql!(", current_period_start", ", to_timestamp($10)",
-                            ", current_period_start = EXCLUDED.current_period_start"),
-    args: &[UUID, TEXT, TEXT, INT8, INT8, BOOL, INT8, TEXT, TEXT, INT8],
-};
-
-/// The same write for a database whose schema predates usage limits (the library replaced,
-/// `ALTER EXTENSION ... UPDATE` not yet run): it has no `current_period_start`. $10 is unused.
-static WRITE_BILLING_BEFORE_LIMITS: Stmt = Stmt {
-    sql: write_billing_sql!("", "", ""),
-    args: &[UUID, TEXT, TEXT, INT8, INT8, BOOL, INT8, TEXT, TEXT],
-};
-
-pub fn write_billing(w: &BillingWrite<'_>) {
-    let args = [
-        w.workspace.into(),
-        w.tier.into(),
-        w.status.into(),
-        w.trial_end.into(),
-        w.current_period_end.into(),
-        w.cancel_at_period_end.into(),
-        w.past_due_since.into(),
-        w.customer.into(),
-        w.subscription.into(),
-        w.current_period_start.into(),
-    ];
-    if crate::catalog::schema_has_limits() {
-        run(&WRITE_BILLING, &args, |_| Ok(()))
-    } else {
-        run(&WRITE_BILLING_BEFORE_LIMITS, &args[..9], |_| Ok(()))
-    }
 }
 
 #[cfg(test)]
