@@ -31,8 +31,13 @@ pub struct BillingWrite<'a> {
 /// Stripe's unix seconds (already bounded to years 1970-9999 by the event parser) as a
 /// timestamptz, exactly as SQL's `to_timestamp` gives them.
 pub fn from_unix(secs: i64) -> TimestampWithTimeZone {
+    timestamptz(unix_to_pg_micros(secs))
+}
+
+/// Unix seconds as PostgreSQL's microseconds since 2000-01-01.
+fn unix_to_pg_micros(secs: i64) -> i64 {
     const UNIX_TO_PG_EPOCH_SECS: i64 = 946_684_800;
-    timestamptz((secs - UNIX_TO_PG_EPOCH_SECS).saturating_mul(1_000_000))
+    secs.saturating_sub(UNIX_TO_PG_EPOCH_SECS).saturating_mul(1_000_000)
 }
 
 macro_rules! write_billing_sql {
@@ -139,13 +144,13 @@ fn sync_billing_state(
 
 #[cfg(test)]
 mod tests {
-    use super::from_unix;
+    use super::unix_to_pg_micros;
 
     #[test]
     fn unix_seconds_become_the_same_instant() {
         // 2000-01-01T00:00:00Z is PostgreSQL's epoch: 0 microseconds.
-        assert_eq!(i64::from(from_unix(946_684_800)), 0);
-        assert_eq!(i64::from(from_unix(946_684_801)), 1_000_000);
-        assert_eq!(i64::from(from_unix(0)), -946_684_800_000_000);
+        assert_eq!(unix_to_pg_micros(946_684_800), 0);
+        assert_eq!(unix_to_pg_micros(946_684_801), 1_000_000);
+        assert_eq!(unix_to_pg_micros(0), -946_684_800_000_000);
     }
 }
