@@ -53,7 +53,7 @@ extension_sql_file!(
         "audit",
     ]
 );
-extension_sql_file!("../sql/limits.sql", name = "limits", requires = ["api"]);
+extension_sql_file!("../sql/limits.sql", name = "limits", requires = ["api", "stripe"]);
 extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
 #[pg_guard]

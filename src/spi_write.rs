@@ -14,6 +14,7 @@ use std::collections::HashMap;
 pub const TEXT: PgOid = PgOid::BuiltIn(BuiltinOid::TEXTOID);
 pub const TEXT_ARRAY: PgOid = PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID);
 pub const INT8: PgOid = PgOid::BuiltIn(BuiltinOid::INT8OID);
+pub const INT8_ARRAY: PgOid = PgOid::BuiltIn(BuiltinOid::INT8ARRAYOID);
 pub const UUID: PgOid = PgOid::BuiltIn(BuiltinOid::UUIDOID);
 pub const BOOL: PgOid = PgOid::BuiltIn(BuiltinOid::BOOLOID);
 pub const JSONB: PgOid = PgOid::BuiltIn(BuiltinOid::JSONBOID);

@@ -88,7 +88,7 @@ fn rows(c: &mut Client) -> Vec<String> {
                 "SELECT quote_ident(attname) FROM pg_attribute
                   WHERE attrelid = ('entitlements.' || $1)::regclass AND attnum > 0 AND NOT attisdropped
                     AND attname <> ALL (ARRAY['session_role', 'connection_addr', 'kind', 'reset_period',
-                                             'hard_limit', 'current_period_start'])
+                                             'hard_limit', 'current_period_start', 'outcome_detail'])
                   ORDER BY attnum",
                 &[t],
             )

@@ -6,7 +6,7 @@
 
 use super::decide::{Outcome, Tier};
 use crate::errors;
-use crate::spi_write::{first, run, Stmt, INT8, JSONB, TEXT, TEXT_ARRAY, UUID};
+use crate::spi_write::{first, run, Stmt, BOOL, INT8, INT8_ARRAY, JSONB, TEXT, TEXT_ARRAY, UUID};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
@@ -195,6 +195,9 @@ pub fn start_replay(workspace: Option<Uuid>) -> Vec<(String, String)> {
     run(&REPLAY_START, &[], |_| Ok(()));
     let set = events(&REPLAY_SET, &[workspace.into()]);
     let ids: Vec<String> = set.iter().map(|(id, _)| id.clone()).collect();
+    if schema_has_grants() {
+        run(&REPLAY_RESET_SUMMARIES, &[ids.clone().into()], |_| Ok(()));
+    }
     run(&REPLAY_RESET, &[ids.into()], |_| Ok(()));
     set
 }
@@ -394,6 +397,183 @@ fn read_current(stmt: &'static Stmt, workspace: Uuid) -> Option<Current> {
         })
     })
 }
+
+// ---------------------------------------------------------------------------------------
+// Stripe's catalog beyond the tier: item features (add-ons, quantities) and entitlement
+// summaries. A database whose schema predates them (the library replaced, ALTER EXTENSION
+// ... UPDATE not yet run) has none of these tables: ingestion then behaves as before them.
+
+/// Does this database's schema have Stripe grants? Syscache lookups, no SPI.
+pub fn schema_has_grants() -> bool {
+    // SAFETY: catalog cache lookups by name, valid in any transaction; missing objects
+    // answer InvalidOid.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
+        nsp != pg_sys::InvalidOid
+            && pg_sys::get_relname_relid(c"stripe_feature_grants".as_ptr(), nsp) != pg_sys::InvalidOid
+    }
+}
+
+static PRICE_FEATURES: Stmt = Stmt {
+    sql: "SELECT p.stripe_id, p.feature, p.per_unit FROM entitlements.stripe_price_features p
+           WHERE p.stripe_id = ANY ($1)",
+    args: &[TEXT_ARRAY],
+};
+
+/// The stripe_price_features rows among `ids`: id -> [(feature, per_unit)].
+pub fn price_features(ids: Vec<String>) -> HashMap<String, Vec<(String, Option<i64>)>> {
+    run(&PRICE_FEATURES, &[ids.into()], |table| {
+        let mut out: HashMap<String, Vec<(String, Option<i64>)>> = HashMap::new();
+        for row in table {
+            let (Some(id), Some(feature)) = (row.get::<String>(1)?, row.get::<String>(2)?) else { continue };
+            out.entry(id).or_default().push((feature, row.get::<i64>(3)?));
+        }
+        for features in out.values_mut() {
+            features.sort();
+        }
+        Ok(out)
+    })
+}
+
+static CLEAR_ITEM_GRANTS: Stmt = Stmt {
+    sql: "DELETE FROM entitlements.stripe_feature_grants g WHERE g.workspace_id = $1 AND g.via = 'item'",
+    args: &[UUID],
+};
+
+static ADD_ITEM_GRANTS: Stmt = Stmt {
+    sql: "INSERT INTO entitlements.stripe_feature_grants
+                 (workspace_id, feature, via, grant_key, stripe_id, customer_id, subscription_id,
+                  quantity, per_unit, units, event_id)
+          SELECT $1, i.feature, 'item', i.item, i.stripe_id, $2, $3, i.quantity, i.per_unit, i.units, $4
+            FROM unnest($5::text[], $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[])
+                 AS i(item, stripe_id, feature, quantity, per_unit, units)",
+    args: &[UUID, TEXT, TEXT, TEXT, TEXT_ARRAY, TEXT_ARRAY, TEXT_ARRAY, INT8_ARRAY, INT8_ARRAY, INT8_ARRAY],
+};
+
+/// The features the items of the subscription a workspace follows grant, replacing the
+/// previous event's (a removed item takes its part with it).
+pub fn replace_item_grants(
+    workspace: Uuid,
+    customer: Option<&str>,
+    subscription: &str,
+    event_id: &str,
+    grants: &[super::decide::ItemGrant],
+) {
+    run(&CLEAR_ITEM_GRANTS, &[workspace.into()], |_| Ok(()));
+    if grants.is_empty() {
+        return;
+    }
+    let col = |f: fn(&super::decide::ItemGrant) -> String| grants.iter().map(f).collect::<Vec<String>>();
+    let num = |f: fn(&super::decide::ItemGrant) -> Option<i64>| grants.iter().map(f).collect::<Vec<Option<i64>>>();
+    let args = [
+        workspace.into(),
+        customer.into(),
+        subscription.into(),
+        event_id.into(),
+        col(|g| g.item.clone()).into(),
+        col(|g| g.stripe_id.clone()).into(),
+        col(|g| g.feature.clone()).into(),
+        num(|g| g.quantity).into(),
+        num(|g| g.per_unit).into(),
+        num(|g| g.units).into(),
+    ];
+    run(&ADD_ITEM_GRANTS, &args, |_| Ok(()))
+}
+
+static FEATURE_MAP: Stmt = Stmt {
+    sql: "SELECT m.lookup_key, m.feature FROM entitlements.stripe_feature_map m WHERE m.lookup_key = ANY ($1)",
+    args: &[TEXT_ARRAY],
+};
+
+/// The stripe_feature_map rows among `lookup_keys`.
+pub fn feature_map(lookup_keys: Vec<String>) -> HashMap<String, String> {
+    run(&FEATURE_MAP, &[lookup_keys.into()], |table| {
+        let mut out = HashMap::new();
+        for row in table {
+            if let (Some(k), Some(f)) = (row.get::<String>(1)?, row.get::<String>(2)?) {
+                out.insert(k, f);
+            }
+        }
+        Ok(out)
+    })
+}
+
+static ADVANCE_SUMMARY: Stmt = Stmt {
+    // As ADVANCE for subscriptions: creates or locks the customer's row and moves its clock
+    // forward unless the summary is older than the last one applied (no row back = stale).
+    sql: "INSERT INTO entitlements.stripe_entitlement_summaries AS s
+                 (customer_id, workspace_id, last_created, last_event_id, complete)
+          VALUES ($1, $2, to_timestamp($3), $4, $5)
+          ON CONFLICT (customer_id) DO UPDATE
+             SET workspace_id = EXCLUDED.workspace_id, last_created = EXCLUDED.last_created,
+                 last_event_id = EXCLUDED.last_event_id, complete = EXCLUDED.complete,
+                 updated_at = now()
+           WHERE s.last_created IS NULL OR s.last_created <= EXCLUDED.last_created
+          RETURNING true",
+    args: &[TEXT, UUID, INT8, TEXT, BOOL],
+};
+
+/// `false` when the summary is stale for its customer.
+pub fn advance_summary(customer: &str, workspace: Uuid, created: i64, event_id: &str, complete: bool) -> bool {
+    let args = [customer.into(), workspace.into(), created.into(), event_id.into(), complete.into()];
+    run(&ADVANCE_SUMMARY, &args, first::<bool>).unwrap_or(false)
+}
+
+static REVOKE_ENTITLEMENTS: Stmt = Stmt {
+    sql: "DELETE FROM entitlements.stripe_feature_grants g
+           WHERE g.via = 'entitlement' AND g.customer_id = $1
+             AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS k(lookup_key, feature)
+                              WHERE k.lookup_key = g.grant_key AND k.feature = g.feature
+                                AND g.workspace_id = $4)",
+    args: &[TEXT, TEXT_ARRAY, TEXT_ARRAY, UUID],
+};
+
+static GRANT_ENTITLEMENTS: Stmt = Stmt {
+    sql: "INSERT INTO entitlements.stripe_feature_grants AS g
+                 (workspace_id, feature, via, grant_key, stripe_id, customer_id, event_id)
+          SELECT $1, k.feature, 'entitlement', k.lookup_key, k.lookup_key, $4, $5
+            FROM unnest($2::text[], $3::text[]) AS k(lookup_key, feature)
+          ON CONFLICT ON CONSTRAINT stripe_feature_grants_pkey DO NOTHING",
+    args: &[UUID, TEXT_ARRAY, TEXT_ARRAY, TEXT, TEXT],
+};
+
+/// Grants the customer's workspace the mapped features of a summary; `complete`: also ends
+/// the customer's entitlement grants the summary no longer lists.
+pub fn apply_entitlements(workspace: Uuid, customer: &str, event_id: &str, grants: &[(String, String)], complete: bool) {
+    let keys: Vec<String> = grants.iter().map(|(k, _)| k.clone()).collect();
+    let features: Vec<String> = grants.iter().map(|(_, f)| f.clone()).collect();
+    if complete {
+        let args = [customer.into(), keys.clone().into(), features.clone().into(), workspace.into()];
+        run(&REVOKE_ENTITLEMENTS, &args, |_| Ok(()));
+    }
+    if !grants.is_empty() {
+        let args = [workspace.into(), keys.into(), features.into(), customer.into(), event_id.into()];
+        run(&GRANT_ENTITLEMENTS, &args, |_| Ok(()));
+    }
+}
+
+static SET_DETAIL: Stmt = Stmt {
+    sql: "UPDATE entitlements.stripe_events SET outcome_detail = $2::jsonb WHERE event_id = $1
+             AND outcome_detail IS DISTINCT FROM $2::jsonb",
+    args: &[TEXT, TEXT],
+};
+
+/// What an entitlement summary's application counted (mapped and unknown lookup_keys), on
+/// its row of the event log.
+pub fn set_summary_detail(event_id: &str, granted: usize, unknown: &[String]) {
+    let detail = format!(
+        "{{\"granted\": {granted}, \"unknown_lookup_keys\": {}}}",
+        unknown.len()
+    );
+    run(&SET_DETAIL, &[event_id.into(), detail.into()], |_| Ok(()))
+}
+
+static REPLAY_RESET_SUMMARIES: Stmt = Stmt {
+    sql: "UPDATE entitlements.stripe_entitlement_summaries SET last_created = NULL, last_event_id = NULL
+           WHERE customer_id IN (SELECT e.stripe_customer_id FROM entitlements.stripe_events e
+                                  WHERE e.event_id = ANY ($1))",
+    args: &[TEXT_ARRAY],
+};
 
 #[cfg(test)]
 mod tests {
