@@ -60,9 +60,9 @@ END
 $$;
 
 -- Unregistering removes what the extension keeps for the workspace's decisions: the
--- registration, its members, its overrides and its billing state (a returning workspace starts
--- as free, like a new one). The billing history (stripe_events, stripe_customers,
--- stripe_subscriptions) and the audit trail stay: replay_stripe_events(workspace_id) rebuilds
+-- registration, its members, its overrides, what Stripe grants it and its billing state (a
+-- returning workspace starts as free, like a new one). The billing history (stripe_events,
+-- stripe_customers, stripe_subscriptions) and the audit trail stay: replay_stripe_events(workspace_id) rebuilds
 -- the billing state from that history, and a later Stripe event for a customer still linked to
 -- the workspace registers it again, as any billing state does.
 CREATE FUNCTION entitlements.unregister_workspace(workspace_id uuid) RETURNS boolean
@@ -75,6 +75,7 @@ BEGIN
     END IF;
     DELETE FROM entitlements.workspace_members m WHERE m.workspace_id = unregister_workspace.workspace_id;
     DELETE FROM entitlements.overrides o WHERE o.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.stripe_feature_grants g WHERE g.workspace_id = unregister_workspace.workspace_id;
     DELETE FROM entitlements.billing_state b WHERE b.workspace_id = unregister_workspace.workspace_id;
     DELETE FROM entitlements.workspaces w WHERE w.workspace_id = unregister_workspace.workspace_id;
     RETURN FOUND;

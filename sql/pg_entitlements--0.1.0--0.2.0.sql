@@ -97,9 +97,9 @@ CREATE TRIGGER billing_state_after AFTER INSERT OR UPDATE OF workspace_id ON ent
 
 
 -- Unregistering removes what the extension keeps for the workspace's decisions: the
--- registration, its members, its overrides and its billing state (a returning workspace starts
--- as free, like a new one). The billing history (stripe_events, stripe_customers,
--- stripe_subscriptions) and the audit trail stay: replay_stripe_events(workspace_id) rebuilds
+-- registration, its members, its overrides, what Stripe grants it and its billing state (a
+-- returning workspace starts as free, like a new one). The billing history (stripe_events,
+-- stripe_customers, stripe_subscriptions) and the audit trail stay: replay_stripe_events(workspace_id) rebuilds
 -- the billing state from that history, and a later Stripe event for a customer still linked to
 -- the workspace registers it again, as any billing state does.
 CREATE FUNCTION entitlements.unregister_workspace(workspace_id uuid) RETURNS boolean
@@ -112,6 +112,7 @@ BEGIN
     END IF;
     DELETE FROM entitlements.workspace_members m WHERE m.workspace_id = unregister_workspace.workspace_id;
     DELETE FROM entitlements.overrides o WHERE o.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.stripe_feature_grants g WHERE g.workspace_id = unregister_workspace.workspace_id;
     DELETE FROM entitlements.billing_state b WHERE b.workspace_id = unregister_workspace.workspace_id;
     DELETE FROM entitlements.workspaces w WHERE w.workspace_id = unregister_workspace.workspace_id;
     RETURN FOUND;
@@ -916,7 +917,7 @@ $$;
 --                      stripe_price_features maps (grant_key: the item's id), while the
 --                      subscription the workspace follows grants access;
 --   via 'entitlement': a feature of the customer's active entitlement summary that
---                      stripe_feature_map maps (grant_key: its lookup_key).
+--                      stripe_feature_map maps (grant_key: customer/lookup_key).
 -- units: quantity x per_unit, what the item adds to the feature's limit (NULL: nothing).
 CREATE TABLE entitlements.stripe_feature_grants (
     workspace_id uuid NOT NULL,

@@ -163,7 +163,7 @@ $$;
 --                      stripe_price_features maps (grant_key: the item's id), while the
 --                      subscription the workspace follows grants access;
 --   via 'entitlement': a feature of the customer's active entitlement summary that
---                      stripe_feature_map maps (grant_key: its lookup_key).
+--                      stripe_feature_map maps (grant_key: customer/lookup_key).
 -- units: quantity x per_unit, what the item adds to the feature's limit (NULL: nothing).
 CREATE TABLE entitlements.stripe_feature_grants (
     workspace_id uuid NOT NULL,

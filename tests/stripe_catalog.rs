@@ -329,6 +329,9 @@ fn a_cancellation_ends_every_grant() {
     assert_eq!(check(&mut app, &ws, "ccp-13"), inactive, "an entitlement's grant ends: the status rules apply");
     assert_eq!(limit(&mut c, &ws, "seats"), Some(0), "the seats bought end");
     assert!(grants(&mut c, &ws).iter().all(|g| g.1 == "entitlement"), "no item grants remain");
+    // Unregistering the workspace removes what Stripe grants it, like its overrides.
+    exec(&mut c, &format!("SELECT entitlements.unregister_workspace({ws})"));
+    assert!(grants(&mut c, &ws).is_empty());
 }
 
 #[test]
@@ -378,4 +381,42 @@ fn bad_mappings_and_arguments_get_clear_sqlstates() {
         .unwrap()
         .get(0);
     assert_eq!(mapped, 7, "nothing written by the refused mappings");
+}
+
+#[test]
+fn support_staff_read_stripe_grants_and_the_app_reads_only_its_own_workspaces() {
+    let (pg, mut c) = catalog_cluster("catalog-roles");
+    let (ws, other) = (linked_workspace(&mut c, "cus_roles"), linked_workspace(&mut c, "cus_other"));
+    let t = now();
+    assert_eq!(deliver(&mut c, &summary_event("evt_roles_1", t, "cus_roles", &["sso"], false)), "applied");
+    assert_eq!(deliver(&mut c, &summary_event("evt_roles_2", t, "cus_other", &["journeys"], false)), "applied");
+    exec(
+        &mut c,
+        &format!(
+            "CREATE ROLE support LOGIN; GRANT entitlements_reader TO support;
+             CREATE ROLE billing LOGIN; GRANT entitlements_admin TO billing;
+             CREATE ROLE app_login LOGIN; GRANT entitlements_app TO app_login;
+             SELECT entitlements.add_member({ws}, 'alice');"
+        ),
+    );
+    for role in ["support", "billing"] {
+        let mut s = pg.connect_as(role, "app");
+        let n: i64 = s.query_one("SELECT count(*) FROM entitlements.stripe_grants", &[]).unwrap().get(0);
+        assert_eq!(n, 2, "{role} reads every workspace's grants");
+    }
+    let mut billing = pg.connect_as("billing", "app");
+    exec(&mut billing, "SELECT entitlements.map_stripe_feature('beta', 'ccp-09')");
+    assert_eq!(sqlstate(&mut billing, "DELETE FROM entitlements.stripe_feature_grants"), "42501", "only ingestion writes grants");
+    let mut app = pg.connect_as("app_login", "app");
+    assert_eq!(sqlstate(&mut app, "SELECT * FROM entitlements.stripe_grants"), "42501");
+    assert_eq!(sqlstate(&mut app, "SELECT * FROM entitlements.stripe_feature_map"), "42501");
+    exec(&mut app, "SET pg_entitlements.user_id = 'alice'");
+    let rows: Vec<String> = app
+        .query("SELECT workspace_id::text FROM entitlements.stripe_feature_grants", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, vec![ws.0.clone()], "a member reads the grants of its own workspaces only, not {other}");
+    assert_eq!(check(&mut app, &ws, "ccp-13"), (true, None), "the app's check reads the grant as the caller");
 }

@@ -523,7 +523,7 @@ static REVOKE_ENTITLEMENTS: Stmt = Stmt {
     sql: "DELETE FROM entitlements.stripe_feature_grants g
            WHERE g.via = 'entitlement' AND g.customer_id = $1
              AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS k(lookup_key, feature)
-                              WHERE k.lookup_key = g.grant_key AND k.feature = g.feature
+                              WHERE k.lookup_key = g.stripe_id AND k.feature = g.feature
                                 AND g.workspace_id = $4)",
     args: &[TEXT, TEXT_ARRAY, TEXT_ARRAY, UUID],
 };
@@ -531,14 +531,15 @@ static REVOKE_ENTITLEMENTS: Stmt = Stmt {
 static GRANT_ENTITLEMENTS: Stmt = Stmt {
     sql: "INSERT INTO entitlements.stripe_feature_grants AS g
                  (workspace_id, feature, via, grant_key, stripe_id, customer_id, event_id)
-          SELECT $1, k.feature, 'entitlement', k.lookup_key, k.lookup_key, $4, $5
+          SELECT $1, k.feature, 'entitlement', $4 || '/' || k.lookup_key, k.lookup_key, $4, $5
             FROM unnest($2::text[], $3::text[]) AS k(lookup_key, feature)
           ON CONFLICT ON CONSTRAINT stripe_feature_grants_pkey DO NOTHING",
     args: &[UUID, TEXT_ARRAY, TEXT_ARRAY, TEXT, TEXT],
 };
 
 /// Grants the customer's workspace the mapped features of a summary; `complete`: also ends
-/// the customer's entitlement grants the summary no longer lists.
+/// the customer's entitlement grants the summary no longer lists. A grant is keyed by customer
+/// and lookup_key, so two customers of one workspace granting one feature keep it apart.
 pub fn apply_entitlements(workspace: Uuid, customer: &str, event_id: &str, grants: &[(String, String)], complete: bool) {
     let keys: Vec<String> = grants.iter().map(|(k, _)| k.clone()).collect();
     let features: Vec<String> = grants.iter().map(|(_, f)| f.clone()).collect();
