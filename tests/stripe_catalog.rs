@@ -7,6 +7,7 @@
 mod common;
 use common::uuid_string::Ws;
 use common::*;
+use postgres::fallible_iterator::FallibleIterator;
 use serde_json::{json, Value};
 
 const SECRET: &str = "whsec_it_catalog_7c1e0b9d";
@@ -160,8 +161,14 @@ fn summaries_grant_and_revoke_and_a_stale_summary_changes_nothing() {
         .unwrap()
         .get(0);
     assert!(cached, "the denial is served from the cache before the grant");
+    let mut listener = pg.connect();
+    exec(&mut listener, "LISTEN pg_entitlements_changed");
 
     assert_eq!(deliver(&mut c, &summary_event("evt_sum_1", t, "cus_sum", &["sso", "journeys", "beta_x"], false)), "applied");
+    // Application caches hear of it like of an override (blocks until the commit's notification).
+    let n = listener.notifications().blocking_iter().next().unwrap().unwrap();
+    let v: Value = serde_json::from_str(n.payload()).unwrap();
+    assert_eq!((v["workspace_id"].as_str(), v["changed"].as_str()), (Some(ws.0.as_str()), Some("stripe_grant")));
     assert_eq!(check(&mut app, &ws, "ccp-13"), (true, None));
     assert_eq!(check(&mut app, &ws, "ccp-11"), (true, None));
     let detail: String = c
