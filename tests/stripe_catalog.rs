@@ -427,3 +427,29 @@ fn support_staff_read_stripe_grants_and_the_app_reads_only_its_own_workspaces() 
     assert_eq!(rows, vec![ws.0.clone()], "a member reads the grants of its own workspaces only, not {other}");
     assert_eq!(check(&mut app, &ws, "ccp-13"), (true, None), "the app's check reads the grant as the caller");
 }
+
+#[test]
+fn a_mapping_added_later_applies_on_replay_and_replay_rebuilds_every_grant() {
+    let (pg, mut c) = catalog_cluster("catalog-replay");
+    let mut app = pg.connect();
+    let ws = linked_workspace(&mut c, "cus_replay");
+    let t = now();
+    let items = [("si_base", "price_pro", "prod_plan", 1), ("si_new", "price_new_addon", "prod_new", 2)];
+    assert_eq!(deliver(&mut c, &sub_event("evt_rep_1", "customer.subscription.created", t, "cus_replay", "active", &items)), "applied");
+    assert_eq!(deliver(&mut c, &summary_event("evt_rep_2", t, "cus_replay", &["sso", "later"], false)), "applied");
+    let before = grants(&mut c, &ws);
+    // Mappings added after the events apply from a replay of the recorded events.
+    exec(&mut c, "SELECT entitlements.map_stripe_price_feature('prod_new', 'ccp-12'); SELECT entitlements.map_stripe_feature('later', 'ccp-14')");
+    assert_eq!(check(&mut app, &ws, "ccp-12"), tier_insufficient(), "a mapping alone changes nothing");
+    let applied: i64 = c.query_one(&format!("SELECT entitlements.replay_stripe_events({ws})"), &[]).unwrap().get(0);
+    assert_eq!(applied, 2);
+    assert_eq!(check(&mut app, &ws, "ccp-12"), (true, None));
+    assert_eq!(check(&mut app, &ws, "ccp-14"), (true, None));
+    // Grants lost by hand come back the same from a replay.
+    let after = grants(&mut c, &ws);
+    exec(&mut c, "DELETE FROM entitlements.stripe_feature_grants");
+    let applied: i64 = c.query_one(&format!("SELECT entitlements.replay_stripe_events({ws})"), &[]).unwrap().get(0);
+    assert_eq!(applied, 2);
+    assert_eq!(grants(&mut c, &ws), after);
+    assert_eq!(after.len(), before.len() + 2);
+}
