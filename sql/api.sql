@@ -60,9 +60,9 @@ END
 $$;
 
 -- Unregistering removes what the extension keeps for the workspace's decisions: the
--- registration, its members, its overrides and its billing state (a returning workspace starts
--- as free, like a new one). The billing history (stripe_events, stripe_customers,
--- stripe_subscriptions) and the audit trail stay: replay_stripe_events(workspace_id) rebuilds
+-- registration, its members, its overrides, what Stripe grants it and its billing state (a
+-- returning workspace starts as free, like a new one). The billing history (stripe_events,
+-- stripe_customers, stripe_subscriptions) and the audit trail stay: replay_stripe_events(workspace_id) rebuilds
 -- the billing state from that history, and a later Stripe event for a customer still linked to
 -- the workspace registers it again, as any billing state does.
 CREATE FUNCTION entitlements.unregister_workspace(workspace_id uuid) RETURNS boolean
@@ -75,6 +75,7 @@ BEGIN
     END IF;
     DELETE FROM entitlements.workspace_members m WHERE m.workspace_id = unregister_workspace.workspace_id;
     DELETE FROM entitlements.overrides o WHERE o.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.stripe_feature_grants g WHERE g.workspace_id = unregister_workspace.workspace_id;
     DELETE FROM entitlements.billing_state b WHERE b.workspace_id = unregister_workspace.workspace_id;
     DELETE FROM entitlements.workspaces w WHERE w.workspace_id = unregister_workspace.workspace_id;
     RETURN FOUND;
@@ -299,48 +300,6 @@ $$;
 -- ---------------------------------------------------------------------------------------
 -- Write paths.
 -- ---------------------------------------------------------------------------------------
-CREATE FUNCTION entitlements.sync_billing_state(
-    workspace_id uuid,
-    tier text,
-    status text,
-    trial_end timestamptz DEFAULT NULL,
-    current_period_end timestamptz DEFAULT NULL,
-    cancel_at_period_end boolean DEFAULT false,
-    current_period_start timestamptz DEFAULT NULL
-) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF workspace_id IS NULL OR tier IS NULL OR status IS NULL THEN
-        RAISE EXCEPTION 'pg_entitlements: workspace_id, tier and status must not be NULL'
-            USING ERRCODE = '22004';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM entitlements.tiers t WHERE t.tier = sync_billing_state.tier) THEN
-        RAISE EXCEPTION 'pg_entitlements: unknown tier "%"', tier
-            USING ERRCODE = '22023', HINT = 'The tiers are in entitlements.tiers.';
-    END IF;
-    IF status NOT IN ('trialing', 'active', 'past_due', 'canceled', 'unpaid', 'incomplete',
-                      'incomplete_expired', 'paused', 'none') THEN
-        RAISE EXCEPTION 'pg_entitlements: unknown status "%"', status
-            USING ERRCODE = '22023',
-                  HINT = 'One of trialing, active, past_due, canceled, unpaid, incomplete, incomplete_expired, paused, none.';
-    END IF;
-    INSERT INTO entitlements.billing_state AS b
-           (workspace_id, tier, status, trial_end, current_period_end, cancel_at_period_end,
-            current_period_start)
-    VALUES (sync_billing_state.workspace_id, sync_billing_state.tier, sync_billing_state.status,
-            sync_billing_state.trial_end, sync_billing_state.current_period_end,
-            coalesce(sync_billing_state.cancel_at_period_end, false),
-            sync_billing_state.current_period_start)
-    ON CONFLICT ON CONSTRAINT billing_state_pkey DO UPDATE
-       SET tier = EXCLUDED.tier, status = EXCLUDED.status, trial_end = EXCLUDED.trial_end,
-           current_period_end = EXCLUDED.current_period_end,
-           cancel_at_period_end = EXCLUDED.cancel_at_period_end,
-           current_period_start = EXCLUDED.current_period_start;
-END
-$$;
-
 CREATE FUNCTION entitlements.set_override(
     workspace_id uuid,
     feature text,

@@ -98,9 +98,13 @@ RETURNS TABLE (used bigint, limit_value bigint, period_start timestamptz, period
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT CASE WHEN c.period_start = p.period_start THEN c.used ELSE 0 END,
+           -- An admin's limit override replaces everything; else the tier's limit (none at
+           -- or below the tier: 0) plus what the subscription's items add (quantity x
+           -- per_unit, stripe_feature_grants), capped at bigint's maximum. NULL = unlimited.
            CASE WHEN o.found THEN o.limit_value
-                WHEN t.found THEN t.limit_value
-                ELSE 0                      -- no row at or below the tier: nothing allowed
+                WHEN t.found AND t.limit_value IS NULL THEN NULL
+                ELSE least(coalesce(t.limit_value, 0)::numeric + coalesce(s.units, 0),
+                           9223372036854775807)::bigint
            END,
            p.period_start,
            p.period_end
@@ -126,6 +130,10 @@ AS $$
                                           WHERE wt.tier = coalesce(b.tier, 'free')), 0)
              ORDER BY lt.level DESC
              LIMIT 1) t ON true
+      LEFT JOIN LATERAL (
+            SELECT sum(g.units) AS units FROM entitlements.stripe_feature_grants g
+             WHERE g.workspace_id = usage_state.workspace_id AND g.feature = f.feature
+               AND g.units IS NOT NULL) s ON true
      WHERE f.feature = usage_state.feature
 $$;
 

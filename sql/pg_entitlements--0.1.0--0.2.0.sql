@@ -97,9 +97,9 @@ CREATE TRIGGER billing_state_after AFTER INSERT OR UPDATE OF workspace_id ON ent
 
 
 -- Unregistering removes what the extension keeps for the workspace's decisions: the
--- registration, its members, its overrides and its billing state (a returning workspace starts
--- as free, like a new one). The billing history (stripe_events, stripe_customers,
--- stripe_subscriptions) and the audit trail stay: replay_stripe_events(workspace_id) rebuilds
+-- registration, its members, its overrides, what Stripe grants it and its billing state (a
+-- returning workspace starts as free, like a new one). The billing history (stripe_events,
+-- stripe_customers, stripe_subscriptions) and the audit trail stay: replay_stripe_events(workspace_id) rebuilds
 -- the billing state from that history, and a later Stripe event for a customer still linked to
 -- the workspace registers it again, as any billing state does.
 CREATE FUNCTION entitlements.unregister_workspace(workspace_id uuid) RETURNS boolean
@@ -112,6 +112,7 @@ BEGIN
     END IF;
     DELETE FROM entitlements.workspace_members m WHERE m.workspace_id = unregister_workspace.workspace_id;
     DELETE FROM entitlements.overrides o WHERE o.workspace_id = unregister_workspace.workspace_id;
+    DELETE FROM entitlements.stripe_feature_grants g WHERE g.workspace_id = unregister_workspace.workspace_id;
     DELETE FROM entitlements.billing_state b WHERE b.workspace_id = unregister_workspace.workspace_id;
     DELETE FROM entitlements.workspaces w WHERE w.workspace_id = unregister_workspace.workspace_id;
     RETURN FOUND;
@@ -882,6 +883,186 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'write_token_wrapper';
 
 -- ---------------------------------------------------------------------------------------
+-- Stripe's catalog beyond the tier: add-ons, quantities and Stripe Entitlements.
+-- ---------------------------------------------------------------------------------------
+-- Which features a Stripe price (id or lookup_key) or product grants, on top of the tier its
+-- subscription buys: an add-on item, or the plan item itself. per_unit, for a metered or
+-- counted feature: every unit of the item's quantity adds that much to the workspace's limit.
+CREATE TABLE entitlements.stripe_price_features (
+    stripe_id text NOT NULL,
+    feature text NOT NULL REFERENCES entitlements.features ON UPDATE CASCADE ON DELETE CASCADE,
+    per_unit bigint DEFAULT NULL CHECK (per_unit >= 0),
+    PRIMARY KEY (stripe_id, feature)
+);
+
+-- Which feature a Stripe Entitlements feature (its lookup_key) is here.
+CREATE TABLE entitlements.stripe_feature_map (
+    lookup_key text PRIMARY KEY,
+    feature text NOT NULL REFERENCES entitlements.features ON UPDATE CASCADE ON DELETE CASCADE
+);
+
+-- A mapping names a feature of the catalog and a per_unit of at least 0, whoever writes it
+-- (the functions below or an admin's INSERT): 22023 otherwise, before the constraints, whose
+-- own codes (23503, 23514) would not say which argument is wrong.
+CREATE FUNCTION entitlements.stripe_mapping_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.feature IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM entitlements.features f WHERE f.feature = NEW.feature) THEN
+        RAISE EXCEPTION 'pg_entitlements: unknown feature "%"', NEW.feature
+            USING ERRCODE = '22023', HINT = 'The catalog is entitlements.features.';
+    END IF;
+    IF TG_TABLE_NAME = 'stripe_price_features' THEN
+        IF NEW.per_unit < 0 THEN
+            RAISE EXCEPTION 'pg_entitlements: per_unit must not be negative, not %', NEW.per_unit
+                USING ERRCODE = '22023';
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER stripe_mapping_check BEFORE INSERT OR UPDATE ON entitlements.stripe_price_features
+    FOR EACH ROW EXECUTE FUNCTION entitlements.stripe_mapping_check();
+CREATE TRIGGER stripe_mapping_check BEFORE INSERT OR UPDATE ON entitlements.stripe_feature_map
+    FOR EACH ROW EXECUTE FUNCTION entitlements.stripe_mapping_check();
+
+-- The mappings as functions, for admins who prefer them to INSERT ... ON CONFLICT (both go
+-- through the check above). A mapping applies from the next event of a subscription or
+-- customer (or replay_stripe_events).
+CREATE FUNCTION entitlements.map_stripe_price_feature(stripe_id text, feature text, per_unit bigint DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF stripe_id IS NULL OR feature IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: stripe_id and feature must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    INSERT INTO entitlements.stripe_price_features AS p (stripe_id, feature, per_unit)
+    VALUES (map_stripe_price_feature.stripe_id, map_stripe_price_feature.feature, map_stripe_price_feature.per_unit)
+    ON CONFLICT ON CONSTRAINT stripe_price_features_pkey DO UPDATE SET per_unit = EXCLUDED.per_unit;
+END
+$$;
+
+CREATE FUNCTION entitlements.map_stripe_feature(lookup_key text, feature text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF lookup_key IS NULL OR feature IS NULL THEN
+        RAISE EXCEPTION 'pg_entitlements: lookup_key and feature must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    INSERT INTO entitlements.stripe_feature_map AS m (lookup_key, feature)
+    VALUES (map_stripe_feature.lookup_key, map_stripe_feature.feature)
+    ON CONFLICT ON CONSTRAINT stripe_feature_map_pkey DO UPDATE SET feature = EXCLUDED.feature;
+END
+$$;
+
+-- What Stripe grants each workspace now, apart from admin overrides: a decision input (the
+-- checks read it, the cache is invalidated per workspace when it changes). Written by
+-- apply_stripe_event only:
+--   via 'item':        a subscription item whose price, lookup_key or product
+--                      stripe_price_features maps (grant_key: the item's id), while the
+--                      subscription the workspace follows grants access;
+--   via 'entitlement': a feature of the customer's active entitlement summary that
+--                      stripe_feature_map maps (grant_key: customer/lookup_key).
+-- units: quantity x per_unit, what the item adds to the feature's limit (NULL: nothing).
+CREATE TABLE entitlements.stripe_feature_grants (
+    workspace_id uuid NOT NULL,
+    feature text NOT NULL REFERENCES entitlements.features ON UPDATE CASCADE ON DELETE CASCADE,
+    via text NOT NULL CHECK (via IN ('item', 'entitlement')),
+    grant_key text NOT NULL,
+    stripe_id text NOT NULL,
+    customer_id text,
+    subscription_id text,
+    quantity bigint,
+    per_unit bigint,
+    units bigint,
+    event_id text NOT NULL,
+    granted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (workspace_id, feature, via, grant_key)
+);
+CREATE INDEX stripe_feature_grants_customer_idx ON entitlements.stripe_feature_grants (customer_id)
+    WHERE via = 'entitlement';
+
+-- Per customer: the `created` of the last entitlement summary applied (older ones are
+-- stale), and whether it was complete (a summary with has_more grants but revokes nothing
+-- until the full list arrives through apply_stripe_entitlements).
+CREATE TABLE entitlements.stripe_entitlement_summaries (
+    customer_id text PRIMARY KEY,
+    workspace_id uuid,
+    last_created timestamptz,
+    last_event_id text,
+    complete boolean NOT NULL DEFAULT true,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- For support staff: per workspace, what each Stripe item or entitlement grants and why.
+CREATE VIEW entitlements.stripe_grants WITH (security_invoker = true) AS
+SELECT g.workspace_id, g.feature, 'stripe'::text AS source, g.via, g.stripe_id,
+       g.customer_id, g.subscription_id,
+       CASE g.via WHEN 'item' THEN g.grant_key END AS subscription_item_id,
+       g.quantity, g.per_unit, g.units AS adds_to_limit,
+       CASE g.via
+         WHEN 'item' THEN format('subscription item %s (%s) maps to %s in stripe_price_features',
+                                 g.grant_key, g.stripe_id, g.feature)
+         ELSE format('active entitlement %s maps to %s in stripe_feature_map', g.stripe_id, g.feature)
+       END AS why,
+       g.event_id, g.granted_at
+  FROM entitlements.stripe_feature_grants g;
+
+-- Stripe grants are a decision input, per workspace like overrides: the same cache
+-- invalidation (sql/api.sql) and change notifications ("changed": "stripe_grant").
+CREATE TRIGGER cache_invalidate BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.stripe_feature_grants
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_trigger();
+ALTER TABLE entitlements.stripe_feature_grants ENABLE ALWAYS TRIGGER cache_invalidate;
+CREATE TRIGGER cache_invalidate_inserted AFTER INSERT ON entitlements.stripe_feature_grants
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_updated AFTER UPDATE ON entitlements.stripe_feature_grants
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_deleted AFTER DELETE ON entitlements.stripe_feature_grants
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+ALTER TABLE entitlements.stripe_feature_grants ENABLE ALWAYS TRIGGER cache_invalidate_inserted;
+ALTER TABLE entitlements.stripe_feature_grants ENABLE ALWAYS TRIGGER cache_invalidate_updated;
+ALTER TABLE entitlements.stripe_feature_grants ENABLE ALWAYS TRIGGER cache_invalidate_deleted;
+CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.stripe_feature_grants
+    FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('stripe_grant');
+CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.stripe_feature_grants
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.notify_changed('stripe_grant');
+ALTER TABLE entitlements.stripe_feature_grants ENABLE ALWAYS TRIGGER notify_changed;
+ALTER TABLE entitlements.stripe_feature_grants ENABLE ALWAYS TRIGGER notify_truncated;
+-- The event log: a new outcome (partial) and what a summary's application counted.
+ALTER TABLE entitlements.stripe_events DROP CONSTRAINT stripe_events_outcome_check;
+ALTER TABLE entitlements.stripe_events
+    ADD CONSTRAINT stripe_events_outcome_check
+        CHECK (outcome IN ('applied', 'stale', 'ignored', 'unmapped', 'partial')),
+    ADD COLUMN outcome_detail jsonb;
+ALTER TABLE entitlements.stripe_price_features ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.stripe_feature_map ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.stripe_feature_grants ENABLE ROW LEVEL SECURITY;
+ALTER TABLE entitlements.stripe_entitlement_summaries ENABLE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('entitlements.stripe_price_features', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.stripe_feature_map', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.stripe_feature_grants', '');
+SELECT pg_catalog.pg_extension_config_dump('entitlements.stripe_entitlement_summaries', '');
+-- The full list of a customer's entitlements, after a partial summary (as generated by pgrx).
+CREATE  FUNCTION entitlements."apply_stripe_entitlements"(
+	"customer_id" TEXT, /* Option < & str > */
+	"lookup_keys" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"as_of" timestamp with time zone /* Option < TimestampWithTimeZone > */
+) RETURNS entitlements.stripe_event_result /* :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox :: AllocatedByRust
+> */
+VOLATILE SECURITY DEFINER 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'apply_stripe_entitlements_wrapper';
+
+-- ---------------------------------------------------------------------------------------
 -- Usage limits: feature kinds, limits per tier and per workspace, usage counters consumed in
 -- the caller's transaction, the billing period's start (sql/limits.sql).
 -- ---------------------------------------------------------------------------------------
@@ -900,49 +1081,23 @@ ALTER TABLE entitlements.features
     ADD COLUMN reset_period text CHECK (reset_period IN ('billing_period', 'month', 'day', 'never')),
     ADD COLUMN hard_limit boolean NOT NULL DEFAULT true;
 ALTER TABLE entitlements.billing_state ADD COLUMN current_period_start timestamptz;
--- sync_billing_state gains the period's start (a trailing parameter: existing calls keep working).
+-- sync_billing_state gains the period's start (a trailing parameter: existing calls keep working)
+-- and becomes the Rust function of src/billing.rs, the one writer of billing_state that Stripe
+-- ingestion uses too (as generated by pgrx).
 DROP FUNCTION entitlements.sync_billing_state(uuid, text, text, timestamptz, timestamptz, boolean);
-CREATE FUNCTION entitlements.sync_billing_state(
-    workspace_id uuid,
-    tier text,
-    status text,
-    trial_end timestamptz DEFAULT NULL,
-    current_period_end timestamptz DEFAULT NULL,
-    cancel_at_period_end boolean DEFAULT false,
-    current_period_start timestamptz DEFAULT NULL
+CREATE  FUNCTION entitlements."sync_billing_state"(
+	"workspace_id" uuid, /* Option < Uuid > */
+	"tier" TEXT, /* Option < & str > */
+	"status" TEXT, /* Option < & str > */
+	"trial_end" timestamp with time zone DEFAULT NULL, /* Option < TimestampWithTimeZone > */
+	"current_period_end" timestamp with time zone DEFAULT NULL, /* Option < TimestampWithTimeZone > */
+	"cancel_at_period_end" bool DEFAULT false, /* Option < bool > */
+	"current_period_start" timestamp with time zone DEFAULT NULL /* Option < TimestampWithTimeZone > */
 ) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF workspace_id IS NULL OR tier IS NULL OR status IS NULL THEN
-        RAISE EXCEPTION 'pg_entitlements: workspace_id, tier and status must not be NULL'
-            USING ERRCODE = '22004';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM entitlements.tiers t WHERE t.tier = sync_billing_state.tier) THEN
-        RAISE EXCEPTION 'pg_entitlements: unknown tier "%"', tier
-            USING ERRCODE = '22023', HINT = 'The tiers are in entitlements.tiers.';
-    END IF;
-    IF status NOT IN ('trialing', 'active', 'past_due', 'canceled', 'unpaid', 'incomplete',
-                      'incomplete_expired', 'paused', 'none') THEN
-        RAISE EXCEPTION 'pg_entitlements: unknown status "%"', status
-            USING ERRCODE = '22023',
-                  HINT = 'One of trialing, active, past_due, canceled, unpaid, incomplete, incomplete_expired, paused, none.';
-    END IF;
-    INSERT INTO entitlements.billing_state AS b
-           (workspace_id, tier, status, trial_end, current_period_end, cancel_at_period_end,
-            current_period_start)
-    VALUES (sync_billing_state.workspace_id, sync_billing_state.tier, sync_billing_state.status,
-            sync_billing_state.trial_end, sync_billing_state.current_period_end,
-            coalesce(sync_billing_state.cancel_at_period_end, false),
-            sync_billing_state.current_period_start)
-    ON CONFLICT ON CONSTRAINT billing_state_pkey DO UPDATE
-       SET tier = EXCLUDED.tier, status = EXCLUDED.status, trial_end = EXCLUDED.trial_end,
-           current_period_end = EXCLUDED.current_period_end,
-           cancel_at_period_end = EXCLUDED.cancel_at_period_end,
-           current_period_start = EXCLUDED.current_period_start;
-END
-$$;
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'sync_billing_state_wrapper';
 
 -- pg_entitlements usage limits: how much of a metered feature a workspace may use, and what
 -- it has used. The counter is a row that consume() locks, in the caller's transaction: a
@@ -1044,9 +1199,13 @@ RETURNS TABLE (used bigint, limit_value bigint, period_start timestamptz, period
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT CASE WHEN c.period_start = p.period_start THEN c.used ELSE 0 END,
+           -- An admin's limit override replaces everything; else the tier's limit (none at
+           -- or below the tier: 0) plus what the subscription's items add (quantity x
+           -- per_unit, stripe_feature_grants), capped at bigint's maximum. NULL = unlimited.
            CASE WHEN o.found THEN o.limit_value
-                WHEN t.found THEN t.limit_value
-                ELSE 0                      -- no row at or below the tier: nothing allowed
+                WHEN t.found AND t.limit_value IS NULL THEN NULL
+                ELSE least(coalesce(t.limit_value, 0)::numeric + coalesce(s.units, 0),
+                           9223372036854775807)::bigint
            END,
            p.period_start,
            p.period_end
@@ -1072,6 +1231,10 @@ AS $$
                                           WHERE wt.tier = coalesce(b.tier, 'free')), 0)
              ORDER BY lt.level DESC
              LIMIT 1) t ON true
+      LEFT JOIN LATERAL (
+            SELECT sum(g.units) AS units FROM entitlements.stripe_feature_grants g
+             WHERE g.workspace_id = usage_state.workspace_id AND g.feature = f.feature
+               AND g.units IS NOT NULL) s ON true
      WHERE f.feature = usage_state.feature
 $$;
 
@@ -1471,6 +1634,9 @@ CREATE POLICY members_read ON entitlements.usage_counters FOR SELECT
     USING (entitlements.is_member(workspace_id));
 CREATE POLICY members_read ON entitlements.usage_periods FOR SELECT
     USING (entitlements.is_member(workspace_id));
+-- Stripe grants: the checks read them as the caller, like overrides.
+CREATE POLICY members_read ON entitlements.stripe_feature_grants FOR SELECT
+    USING (entitlements.is_member(workspace_id));
 
 -- ---------------------------------------------------------------------------------------
 -- Least privilege (sql/security.sql): the roles, the writer's policy, and the grants.
@@ -1521,6 +1687,10 @@ CREATE POLICY admin_writes ON entitlements.features TO entitlements_admin USING 
 CREATE POLICY admin_writes ON entitlements.overrides TO entitlements_admin USING (true) WITH CHECK (true);
 CREATE POLICY admin_writes ON entitlements.workspace_members TO entitlements_admin USING (true) WITH CHECK (true);
 CREATE POLICY admin_writes ON entitlements.stripe_price_tiers TO entitlements_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_writes ON entitlements.stripe_price_features TO entitlements_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_writes ON entitlements.stripe_feature_map TO entitlements_admin USING (true) WITH CHECK (true);
+-- Admins read what Stripe grants (the stripe_grants view), every workspace; only ingestion writes it.
+CREATE POLICY admin_reads ON entitlements.stripe_feature_grants FOR SELECT TO entitlements_admin USING (true);
 CREATE POLICY reader_reads ON entitlements.workspaces FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.billing_state FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.overrides FOR SELECT TO entitlements_reader USING (true);
@@ -1537,6 +1707,10 @@ CREATE POLICY reader_reads ON entitlements.limit_overrides FOR SELECT TO entitle
 CREATE POLICY reader_reads ON entitlements.usage_counters FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.usage_periods FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.usage_idempotency FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_price_features FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_feature_map FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_feature_grants FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_entitlement_summaries FOR SELECT TO entitlements_reader USING (true);
 
 -- ---------------------------------------------------------------------------------------
 -- Grants: first nothing for PUBLIC, then exactly what each role needs.
@@ -1569,9 +1743,10 @@ GRANT EXECUTE ON FUNCTION
     entitlements.usage_state(uuid, text, timestamptz),
     entitlements.usage_period(text, timestamptz, timestamptz, timestamptz)
   TO entitlements_app;
--- The checks read limits and usage as the caller (RLS: members' workspaces only).
+-- The checks read limits, usage and Stripe grants as the caller (RLS: members' workspaces only).
 GRANT SELECT ON entitlements.feature_limits, entitlements.limit_overrides,
-                entitlements.usage_counters, entitlements.usage_periods
+                entitlements.usage_counters, entitlements.usage_periods,
+                entitlements.stripe_feature_grants
    TO entitlements_app, entitlements_reader;
 -- Reading is filtered by RLS to the workspaces the asserted identity is a member of.
 GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspaces,
@@ -1588,6 +1763,8 @@ GRANT SET ON PARAMETER pg_entitlements.user_id TO entitlements_app;
 -- The webhook layer hands over Stripe's deliveries, nothing else (the function is SECURITY
 -- DEFINER: it verifies, records and applies without the caller reading or writing a table).
 GRANT EXECUTE ON FUNCTION entitlements.apply_stripe_event(text, text) TO entitlements_webhook;
+-- ... and the full list of a customer's entitlements after a `partial` summary.
+GRANT EXECUTE ON FUNCTION entitlements.apply_stripe_entitlements(text, text[], timestamptz) TO entitlements_webhook;
 
 -- The audit writer stores rows, nothing else.
 GRANT INSERT ON entitlements.entitlement_checks TO entitlements_audit_writer;
@@ -1616,11 +1793,15 @@ GRANT EXECUTE ON FUNCTION
     entitlements.link_stripe_customer(uuid, text),
     entitlements.replay_stripe_events(uuid),
     entitlements.add_webhook_secret(text, timestamptz),
-    entitlements.revoke_webhook_secret(text)
+    entitlements.revoke_webhook_secret(text),
+    entitlements.map_stripe_price_feature(text, text, bigint),
+    entitlements.map_stripe_feature(text, text)
   TO entitlements_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON entitlements.tiers, entitlements.features,
-      entitlements.overrides, entitlements.workspace_members, entitlements.stripe_price_tiers
+      entitlements.overrides, entitlements.workspace_members, entitlements.stripe_price_tiers,
+      entitlements.stripe_price_features, entitlements.stripe_feature_map
    TO entitlements_admin;
+GRANT SELECT ON entitlements.stripe_feature_grants, entitlements.stripe_grants TO entitlements_admin;
 
 -- Read-only, every workspace (RLS policies reader_reads; the checks' authorization lets a
 -- member of entitlements_reader read any workspace's decisions, which the matrix views need).
@@ -1641,7 +1822,9 @@ GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspac
                 entitlements.entitlement_checks_summary, entitlements.denials_by_reason,
                 entitlements.stripe_price_tiers, entitlements.stripe_customers,
                 entitlements.stripe_subscriptions, entitlements.stripe_events,
-                entitlements.stripe_customer_locks, entitlements.usage_idempotency
+                entitlements.stripe_customer_locks, entitlements.usage_idempotency,
+                entitlements.stripe_price_features, entitlements.stripe_feature_map,
+                entitlements.stripe_entitlement_summaries, entitlements.stripe_grants
    TO entitlements_reader;
 
 -- Monitoring: the counters span every database of the cluster.

@@ -81,6 +81,9 @@ CREATE POLICY members_read ON entitlements.usage_counters FOR SELECT
     USING (entitlements.is_member(workspace_id));
 CREATE POLICY members_read ON entitlements.usage_periods FOR SELECT
     USING (entitlements.is_member(workspace_id));
+-- Stripe grants: the checks read them as the caller, like overrides.
+CREATE POLICY members_read ON entitlements.stripe_feature_grants FOR SELECT
+    USING (entitlements.is_member(workspace_id));
 
 -- The audit writer's INSERT (the table forces RLS, for its owner too).
 CREATE POLICY audit_writer_inserts ON entitlements.entitlement_checks FOR INSERT
@@ -99,6 +102,10 @@ CREATE POLICY admin_writes ON entitlements.features TO entitlements_admin USING 
 CREATE POLICY admin_writes ON entitlements.overrides TO entitlements_admin USING (true) WITH CHECK (true);
 CREATE POLICY admin_writes ON entitlements.workspace_members TO entitlements_admin USING (true) WITH CHECK (true);
 CREATE POLICY admin_writes ON entitlements.stripe_price_tiers TO entitlements_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_writes ON entitlements.stripe_price_features TO entitlements_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_writes ON entitlements.stripe_feature_map TO entitlements_admin USING (true) WITH CHECK (true);
+-- Admins read what Stripe grants (the stripe_grants view), every workspace; only ingestion writes it.
+CREATE POLICY admin_reads ON entitlements.stripe_feature_grants FOR SELECT TO entitlements_admin USING (true);
 CREATE POLICY reader_reads ON entitlements.workspaces FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.billing_state FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.overrides FOR SELECT TO entitlements_reader USING (true);
@@ -115,6 +122,10 @@ CREATE POLICY reader_reads ON entitlements.limit_overrides FOR SELECT TO entitle
 CREATE POLICY reader_reads ON entitlements.usage_counters FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.usage_periods FOR SELECT TO entitlements_reader USING (true);
 CREATE POLICY reader_reads ON entitlements.usage_idempotency FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_price_features FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_feature_map FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_feature_grants FOR SELECT TO entitlements_reader USING (true);
+CREATE POLICY reader_reads ON entitlements.stripe_entitlement_summaries FOR SELECT TO entitlements_reader USING (true);
 
 -- ---------------------------------------------------------------------------------------
 -- Grants: first nothing for PUBLIC, then exactly what each role needs.
@@ -147,9 +158,10 @@ GRANT EXECUTE ON FUNCTION
     entitlements.usage_state(uuid, text, timestamptz),
     entitlements.usage_period(text, timestamptz, timestamptz, timestamptz)
   TO entitlements_app;
--- The checks read limits and usage as the caller (RLS: members' workspaces only).
+-- The checks read limits, usage and Stripe grants as the caller (RLS: members' workspaces only).
 GRANT SELECT ON entitlements.feature_limits, entitlements.limit_overrides,
-                entitlements.usage_counters, entitlements.usage_periods
+                entitlements.usage_counters, entitlements.usage_periods,
+                entitlements.stripe_feature_grants
    TO entitlements_app, entitlements_reader;
 -- Reading is filtered by RLS to the workspaces the asserted identity is a member of.
 GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspaces,
@@ -166,6 +178,8 @@ GRANT SET ON PARAMETER pg_entitlements.user_id TO entitlements_app;
 -- The webhook layer hands over Stripe's deliveries, nothing else (the function is SECURITY
 -- DEFINER: it verifies, records and applies without the caller reading or writing a table).
 GRANT EXECUTE ON FUNCTION entitlements.apply_stripe_event(text, text) TO entitlements_webhook;
+-- ... and the full list of a customer's entitlements after a `partial` summary.
+GRANT EXECUTE ON FUNCTION entitlements.apply_stripe_entitlements(text, text[], timestamptz) TO entitlements_webhook;
 
 -- The audit writer stores rows, nothing else.
 GRANT INSERT ON entitlements.entitlement_checks TO entitlements_audit_writer;
@@ -194,11 +208,15 @@ GRANT EXECUTE ON FUNCTION
     entitlements.link_stripe_customer(uuid, text),
     entitlements.replay_stripe_events(uuid),
     entitlements.add_webhook_secret(text, timestamptz),
-    entitlements.revoke_webhook_secret(text)
+    entitlements.revoke_webhook_secret(text),
+    entitlements.map_stripe_price_feature(text, text, bigint),
+    entitlements.map_stripe_feature(text, text)
   TO entitlements_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON entitlements.tiers, entitlements.features,
-      entitlements.overrides, entitlements.workspace_members, entitlements.stripe_price_tiers
+      entitlements.overrides, entitlements.workspace_members, entitlements.stripe_price_tiers,
+      entitlements.stripe_price_features, entitlements.stripe_feature_map
    TO entitlements_admin;
+GRANT SELECT ON entitlements.stripe_feature_grants, entitlements.stripe_grants TO entitlements_admin;
 
 -- Read-only, every workspace (RLS policies reader_reads; the checks' authorization lets a
 -- member of entitlements_reader read any workspace's decisions, which the matrix views need).
@@ -219,7 +237,9 @@ GRANT SELECT ON entitlements.tiers, entitlements.features, entitlements.workspac
                 entitlements.entitlement_checks_summary, entitlements.denials_by_reason,
                 entitlements.stripe_price_tiers, entitlements.stripe_customers,
                 entitlements.stripe_subscriptions, entitlements.stripe_events,
-                entitlements.stripe_customer_locks, entitlements.usage_idempotency
+                entitlements.stripe_customer_locks, entitlements.usage_idempotency,
+                entitlements.stripe_price_features, entitlements.stripe_feature_map,
+                entitlements.stripe_entitlement_summaries, entitlements.stripe_grants
    TO entitlements_reader;
 
 -- Monitoring: the counters span every database of the cluster.

@@ -38,6 +38,7 @@ fn resolver_inputs(inputs: &FeatureInputs, now: i64, past_due_grace: i64) -> res
         feature_min_level: inputs.min_level,
         billing: inputs.billing,
         override_: inputs.override_,
+        stripe_grant: inputs.stripe_grant,
         usage: inputs.usage,
         past_due_grace,
         now,

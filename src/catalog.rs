@@ -19,6 +19,8 @@ pub struct FeatureInputs {
     pub min_tier: String,
     pub billing: Billing,
     pub override_: Option<Override>,
+    /// Stripe grants the feature to the workspace (entitlements.stripe_feature_grants).
+    pub stripe_grant: bool,
     /// The current period's usage and limit, for a metered or counted feature.
     pub usage: Option<Usage>,
 }
@@ -35,13 +37,23 @@ const UUID: pg_sys::Oid = BuiltinOid::UUIDOID.value();
 const TEXT: pg_sys::Oid = BuiltinOid::TEXTOID.value();
 const TIMESTAMPTZ: pg_sys::Oid = BuiltinOid::TIMESTAMPTZOID.value();
 
+/// Whether Stripe grants the feature to the workspace (an item or an active entitlement).
+macro_rules! STRIPE_GRANT {
+    () => {
+        "EXISTS (SELECT 1 FROM entitlements.stripe_feature_grants g
+                  WHERE g.workspace_id = $1 AND g.feature = f.feature)"
+    };
+}
+
 macro_rules! inputs_query {
-    ($usage_columns:literal, $usage_join:literal, $now:literal, $usage_join_end:literal, $tail:literal) => {
+    ($grant:expr, $usage_columns:literal, $usage_join:literal, $now:literal, $usage_join_end:literal, $tail:literal) => {
         concat!(
             "SELECT f.feature, ft.level, coalesce(b.tier, 'free'), coalesce(t.level, 0),
                     coalesce(b.status, 'none'), b.trial_end, b.past_due_since, o.enabled, o.expires_at,
                     f.min_tier, ",
             $usage_columns,
+            ", ",
+            $grant,
             "
                FROM entitlements.features f
                JOIN entitlements.tiers ft ON ft.tier = f.min_tier
@@ -60,6 +72,7 @@ macro_rules! inputs_query {
         // read usage. The clock comes as a parameter: a volatile argument would keep PostgreSQL
         // from inlining usage_state, which then costs a plan per call.
         inputs_query!(
+            STRIPE_GRANT!(),
             "f.kind <> 'boolean', u.used, u.limit_value",
             "LEFT JOIN LATERAL (SELECT s.used, s.limit_value
                                   FROM entitlements.usage_state($1, f.feature, ",
@@ -71,12 +84,12 @@ macro_rules! inputs_query {
     };
 }
 
-/// The same reads without usage: for a database whose schema predates usage limits (a library
-/// already replaced, `ALTER EXTENSION ... UPDATE` not yet run: every feature is boolean there),
-/// and for `consume`, which reads usage itself.
+/// The same reads without usage: for a database whose schema predates usage limits and
+/// Stripe grants (a library already replaced, `ALTER EXTENSION ... UPDATE` not yet run: every
+/// feature is boolean there, nothing is granted by Stripe).
 macro_rules! inputs_query_before_limits {
     ($tail:literal) => {
-        inputs_query!("false, NULL::bigint, NULL::bigint", "", "", "", $tail)
+        inputs_query!("false", "false, NULL::bigint, NULL::bigint", "", "", "", $tail)
     };
 }
 
@@ -84,6 +97,11 @@ static ONE_FEATURE: Stmt =
     Stmt { sql: inputs_query!("$3", "WHERE f.feature = $2"), args: &[UUID, TEXT, TIMESTAMPTZ] };
 static ALL_FEATURES: Stmt =
     Stmt { sql: inputs_query!("$2", "ORDER BY ft.level, f.feature"), args: &[UUID, TIMESTAMPTZ] };
+/// One feature's rules without its usage, for `consume`, which reads usage itself.
+static ONE_FEATURE_ACCESS: Stmt = Stmt {
+    sql: inputs_query!(STRIPE_GRANT!(), "false, NULL::bigint, NULL::bigint", "", "", "", "WHERE f.feature = $2"),
+    args: &[UUID, TEXT],
+};
 static ONE_FEATURE_BEFORE_LIMITS: Stmt =
     Stmt { sql: inputs_query_before_limits!("WHERE f.feature = $2"), args: &[UUID, TEXT] };
 static ALL_FEATURES_BEFORE_LIMITS: Stmt =
@@ -136,6 +154,7 @@ fn feature_inputs_of(row: &Row) -> FeatureInputs {
         min_tier: row.get(10).unwrap_or_default(),
         billing,
         override_,
+        stripe_grant: row.get::<bool>(14).unwrap_or(false),
         usage: row.get::<bool>(11).unwrap_or(false).then(|| Usage {
             used: row.get(12).unwrap_or(0),
             limit: row.get(13),
@@ -157,7 +176,7 @@ pub fn feature_inputs(workspace_id: pgrx::Uuid, feature: &str, snapshot: Snapsho
 /// the feature's other rules from, before it reads the counter under its lock.
 pub fn feature_access_inputs(workspace_id: pgrx::Uuid, feature: &str, snapshot: Snapshot) -> Option<FeatureInputs> {
     let args = [workspace_id.into(), feature.into()];
-    spi_read::query(&ONE_FEATURE_BEFORE_LIMITS, &args, snapshot, 1, feature_inputs_of).pop()
+    spi_read::query(&ONE_FEATURE_ACCESS, &args, snapshot, 1, feature_inputs_of).pop()
 }
 
 /// The inputs for every catalog feature, lowest tier first.

@@ -31,6 +31,28 @@ pub fn unknown_feature(feature: &str) -> ! {
     )
 }
 
+/// 22023: a tier the catalog does not know.
+pub fn unknown_tier(tier: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        format!("pg_entitlements: unknown tier \"{tier}\""),
+        Some("The tiers are in entitlements.tiers."),
+    )
+}
+
+/// 22023: a billing status outside the resolver's list.
+pub fn unknown_status(status: &str) -> ! {
+    // Stripe's statuses first, then ours ("none": no subscription).
+    let mut names: Vec<&str> =
+        crate::resolver::Status::ALL.iter().map(|(name, _)| *name).filter(|n| *n != "none").collect();
+    names.push("none");
+    raise(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        format!("pg_entitlements: unknown status \"{status}\""),
+        Some(&format!("One of {}.", names.join(", "))),
+    )
+}
+
 /// 28000: a non-privileged caller without an identity (the "401").
 pub fn no_identity(hint: &str) -> ! {
     raise(

@@ -5,7 +5,9 @@
 //! asks), `api` (the SQL functions), `limits` (usage limits: consume, refund, usage), `cache` (the shared decision cache), `stripe` (webhook
 //! ingestion: verification and parsing pure, application through SPI), `audit` (the trail of
 //! checks), `gucs` (settings),
-//! `errors` (SQLSTATEs), `pgutil` (small Postgres helpers), `spi_read` (the checks' reads).
+//! `billing` (the one writer of billing_state: sync_billing_state and Stripe ingestion),
+//! `errors` (SQLSTATEs), `pgutil` (small Postgres helpers), `spi_read` (the checks' reads),
+//! `spi_write` (the plan cache of the writes).
 //! The tables, policies and views are SQL, in `sql/`.
 
 use pgrx::prelude::*;
@@ -14,6 +16,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod audit;
+mod billing;
 mod build_info;
 mod cache;
 mod catalog;
@@ -25,6 +28,7 @@ mod pgutil;
 mod shmem;
 mod replica;
 mod spi_read;
+mod spi_write;
 pub mod resolver;
 pub mod stripe;
 
@@ -49,7 +53,7 @@ extension_sql_file!(
         "audit",
     ]
 );
-extension_sql_file!("../sql/limits.sql", name = "limits", requires = ["api"]);
+extension_sql_file!("../sql/limits.sql", name = "limits", requires = ["api", "stripe"]);
 extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
 #[pg_guard]

@@ -133,6 +133,10 @@ pub struct Inputs {
     pub feature_min_level: i32,
     pub billing: Billing,
     pub override_: Option<Override>,
+    /// Stripe grants the feature to the workspace: an item of the subscription it follows
+    /// (an add-on) or an active entitlement maps to it. Beats the tier, not an override nor
+    /// the subscription's status.
+    pub stripe_grant: bool,
     /// `None` for a boolean feature.
     pub usage: Option<Usage>,
     /// `pg_entitlements.past_due_grace`, in microseconds.
@@ -222,8 +226,8 @@ pub fn decide_access(i: &Inputs) -> Decision {
         Status::Active | Status::None => {}
     }
 
-    // 4. The tier.
-    if b.tier_level < i.feature_min_level {
+    // 4. The tier, unless Stripe grants the feature on its own.
+    if b.tier_level < i.feature_min_level && !i.stripe_grant {
         return Decision::deny(Reason::TierInsufficient, valid_until);
     }
 
@@ -244,7 +248,11 @@ mod tests {
     }
 
     fn inputs(min: i32, b: Billing, o: Option<Override>) -> Inputs {
-        Inputs { feature_min_level: min, billing: b, override_: o, usage: None, past_due_grace: GRACE, now: NOW }
+        Inputs { feature_min_level: min, billing: b, override_: o, stripe_grant: false, usage: None, past_due_grace: GRACE, now: NOW }
+    }
+
+    fn granted(i: Inputs) -> Inputs {
+        Inputs { stripe_grant: true, ..i }
     }
 
     /// One case per rule and per denial code the resolver can give.
@@ -283,6 +291,13 @@ mod tests {
             ("metered, the rules come first", metered(inputs(2, billing(1, S::Active), None), 500, Some(300)), Some(TierInsufficient)),
             ("metered, a grant still meets the limit", metered(inputs(4, Billing::FREE, Some(Override { enabled: true, expires_at: None })), 3, Some(3)), Some(LimitExceeded)),
             ("metered, a revoke beats the limit", metered(inputs(0, Billing::FREE, Some(Override { enabled: false, expires_at: None })), 0, None), Some(FeatureDisabled)),
+            ("stripe grant beats the tier", granted(inputs(3, billing(1, S::Active), None)), None),
+            ("stripe grant without a subscription", granted(inputs(3, Billing::FREE, None)), None),
+            ("override revoke beats a stripe grant", granted(inputs(3, billing(1, S::Active), Some(Override { enabled: false, expires_at: None }))), Some(FeatureDisabled)),
+            ("stripe grant, status still applies: canceled", granted(inputs(3, billing(1, S::Canceled), None)), Some(SubscriptionInactive)),
+            ("stripe grant, status still applies: past_due beyond grace", granted(inputs(3, pd(NOW - 8 * DAY), None)), Some(PaymentPastDue)),
+            ("stripe grant, status still applies: trial over", granted(inputs(3, tr(NOW - DAY), None)), Some(TrialExpired)),
+            ("stripe grant still meets the limit", metered(granted(inputs(3, billing(1, S::Active), None)), 7, Some(7)), Some(LimitExceeded)),
         ];
         for (name, i, want) in cases {
             let d = decide(&i);

@@ -304,18 +304,31 @@ fn entitlements_reader_reads_every_workspace_and_cannot_write_anything() {
              INSERT INTO entitlements.usage_periods VALUES ({a}, 'calls', '2026-01-01', '2026-02-01', 7);
              INSERT INTO entitlements.stripe_price_tiers VALUES ('price_pro', 'pro');
              SELECT entitlements.add_webhook_secret('whsec_reader');
-             SELECT entitlements.link_stripe_customer({a}, 'cus_reader');"
+             SELECT entitlements.link_stripe_customer({a}, 'cus_reader');
+             SELECT entitlements.map_stripe_price_feature('price_roles', 'ccp-07');
+             SELECT entitlements.map_stripe_feature('sso', 'ccp-14');"
         ),
     );
     let payload = format!(
         r#"{{"id":"evt_reader","object":"event","type":"customer.subscription.updated","created":{},
             "data":{{"object":{{"id":"sub_r","object":"subscription","customer":"cus_reader","status":"active",
             "cancel_at_period_end":false,"items":{{"object":"list","data":[{{"id":"si","object":"subscription_item",
-            "price":{{"id":"price_pro","object":"price","product":"prod"}}}}]}}}}}}}}"#,
+            "price":{{"id":"price_pro","object":"price","product":"prod"}}}},
+            {{"id":"si_roles","object":"subscription_item","price":{{"id":"price_roles","object":"price"}}}}]}}}}}}}}"#,
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 5
     );
-    let header: String = su.query_one("SELECT entitlements.sign_stripe_payload($1, 'whsec_reader')", &[&payload]).unwrap().get(0);
-    su.query_one("SELECT outcome FROM entitlements.apply_stripe_event($1, $2)", &[&payload, &header]).unwrap();
+    // And a Stripe Entitlements summary, so that every Stripe table has rows.
+    let summary = format!(
+        r#"{{"id":"evt_reader_summary","object":"event","type":"entitlements.active_entitlement_summary.updated","created":{},
+            "data":{{"object":{{"object":"entitlements.active_entitlement_summary","customer":"cus_reader",
+            "entitlements":{{"object":"list","has_more":false,"data":[{{"object":"entitlements.active_entitlement","lookup_key":"sso"}}]}}}}}}}}"#,
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 5
+    );
+    for payload in [&payload, &summary] {
+        let header: String = su.query_one("SELECT entitlements.sign_stripe_payload($1, 'whsec_reader')", &[payload]).unwrap().get(0);
+        let outcome: String = su.query_one("SELECT outcome FROM entitlements.apply_stripe_event($1, $2)", &[payload, &header]).unwrap().get(0);
+        assert_eq!(outcome, "applied");
+    }
     check(&mut su, &a, "ccp-05");
     check(&mut su, &b, "ccp-05");
     assert_eq!(check(&mut su, &a, "ccp-10").0, false, "a denial for denials_by_reason");

@@ -14,6 +14,7 @@ const TABLES: &[&str] = &[
     "stripe_price_tiers", "stripe_customers", "stripe_subscriptions", "stripe_events", "entitlement_checks",
     "entitlement_check_rollups", "entitlement_check_daily",
     "feature_limits", "limit_overrides", "usage_counters", "usage_periods", "usage_idempotency",
+    "stripe_price_features", "stripe_feature_map", "stripe_feature_grants", "stripe_entitlement_summaries",
 ];
 
 fn snapshot(c: &mut Client) -> Vec<String> {
@@ -66,7 +67,10 @@ fn load(pg: &Cluster, c: &mut Client) {
          SELECT entitlements.set_limit_override('22222222-2222-2222-2222-222222222222', 'api_calls', 5, now() + interval '1 day');
          SELECT entitlements.consume('22222222-2222-2222-2222-222222222222', 'api_calls', 2, 'req-1');
          INSERT INTO entitlements.usage_periods VALUES
-             ('22222222-2222-2222-2222-222222222222', 'api_calls', '2026-01-01', '2026-01-02', 42);",
+             ('22222222-2222-2222-2222-222222222222', 'api_calls', '2026-01-01', '2026-01-02', 42);
+         SELECT entitlements.map_stripe_price_feature('price_reports', 'ccp-10');
+         SELECT entitlements.map_stripe_price_feature('price_seat', 'projects', 1);
+         SELECT entitlements.map_stripe_feature('sso', 'ccp-13');",
     );
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 60;
     for (i, price) in ["price_pro", "price_team"].iter().enumerate() {
@@ -76,13 +80,30 @@ fn load(pg: &Cluster, c: &mut Client) {
             "data": {"object": {"id": "sub_dump", "object": "subscription", "customer": "cus_dump",
                 "status": "active", "cancel_at_period_end": false,
                 "items": {"object": "list", "data": [{"id": "si_1", "object": "subscription_item",
-                    "price": {"id": price, "object": "price", "product": "prod_x"}}]}}}
+                    "price": {"id": price, "object": "price", "product": "prod_x"}},
+                    {"id": "si_2", "object": "subscription_item", "price": {"id": "price_reports"}},
+                    {"id": "si_3", "object": "subscription_item", "quantity": 4, "price": {"id": "price_seat"}}]}}}
         })
         .to_string();
         let header: String = c.query_one("SELECT entitlements.sign_stripe_payload($1, 'whsec_dump_test')", &[&payload]).unwrap().get(0);
         let outcome: String = c.query_one("SELECT outcome FROM entitlements.apply_stripe_event($1, $2)", &[&payload, &header]).unwrap().get(0);
         assert_eq!(outcome, "applied");
     }
+    // Stripe Entitlements: the customer's active features.
+    let summary = serde_json::json!({
+        "id": "evt_dump_summary", "object": "event", "type": "entitlements.active_entitlement_summary.updated",
+        "created": created + 5,
+        "data": {"object": {"object": "entitlements.active_entitlement_summary", "customer": "cus_dump",
+            "entitlements": {"object": "list", "data": [{"object": "entitlements.active_entitlement", "lookup_key": "sso"},
+                                                        {"object": "entitlements.active_entitlement", "lookup_key": "not_mapped"}],
+                             "has_more": false}}}
+    })
+    .to_string();
+    let header: String = c.query_one("SELECT entitlements.sign_stripe_payload($1, 'whsec_dump_test')", &[&summary]).unwrap().get(0);
+    let outcome: String = c.query_one("SELECT outcome FROM entitlements.apply_stripe_event($1, $2)", &[&summary, &header]).unwrap().get(0);
+    assert_eq!(outcome, "applied");
+    let grants: i64 = c.query_one("SELECT count(*) FROM entitlements.stripe_feature_grants", &[]).unwrap().get(0);
+    assert_eq!(grants, 3, "two items and one entitlement grant");
     for ws in ["11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222", "33333333-3333-3333-3333-333333333333"] {
         c.query(&format!("SELECT * FROM entitlements.entitlement_check_all('{ws}')"), &[]).unwrap();
     }

@@ -440,7 +440,8 @@ fn every_published_fixture_is_applied_or_recorded_without_error() {
     }
     eprintln!("{outcomes:#?}");
     assert_eq!(outcomes["stripe-sync-engine-invoice_payment.paid.json"], "ignored");
-    assert_eq!(outcomes["stripe-sync-engine-entitlements.active_entitlement_summary.updated.json"], "ignored");
+    assert_eq!(outcomes["stripe-sync-engine-entitlements.active_entitlement_summary.updated.json"], "unmapped");
+    assert_eq!(outcomes["object-openapi-entitlements.active_entitlement_summary.updated.json"], "unmapped");
     assert_eq!(outcomes["payfuzz-customer.subscription.updated.json"], "unmapped");
     assert_eq!(outcomes["object-pay-customer.subscription.updated.basil-shape.json"], "applied");
     let n: i64 = c.query_one("SELECT count(*) FROM entitlements.stripe_events", &[]).unwrap().get(0);

@@ -88,7 +88,7 @@ fn rows(c: &mut Client) -> Vec<String> {
                 "SELECT quote_ident(attname) FROM pg_attribute
                   WHERE attrelid = ('entitlements.' || $1)::regclass AND attnum > 0 AND NOT attisdropped
                     AND attname <> ALL (ARRAY['session_role', 'connection_addr', 'kind', 'reset_period',
-                                             'hard_limit', 'current_period_start'])
+                                             'hard_limit', 'current_period_start', 'outcome_detail'])
                   ORDER BY attnum",
                 &[t],
             )
@@ -166,6 +166,24 @@ fn alter_extension_update_from_0_1_0_matches_a_fresh_install_and_keeps_every_row
     let header: String = old.query_one("SELECT entitlements.sign_stripe_payload($1, 'whsec_upgrade_test')", &[&payload]).unwrap().get(0);
     let outcome: String = old.query_one("SELECT outcome FROM entitlements.apply_stripe_event($1, $2)", &[&payload, &header]).unwrap().get(0);
     assert_eq!(outcome, "applied");
+    // A Stripe Entitlements summary reaching a database whose schema is still 0.1.0's (the
+    // library already replaced) is recorded `ignored`, as before the schema knew them.
+    let summary = |id: &str, created: u64| {
+        serde_json::json!({
+            "id": id, "object": "event", "type": "entitlements.active_entitlement_summary.updated",
+            "created": created,
+            "data": {"object": {"object": "entitlements.active_entitlement_summary", "customer": "cus_upgrade",
+                "entitlements": {"object": "list", "has_more": false,
+                    "data": [{"object": "entitlements.active_entitlement", "lookup_key": "audit_exports"}]}}}
+        })
+        .to_string()
+    };
+    let deliver = |c: &mut Client, payload: &str| -> String {
+        let header: String = c.query_one("SELECT entitlements.sign_stripe_payload($1, 'whsec_upgrade_test')", &[&payload]).unwrap().get(0);
+        c.query_one("SELECT outcome FROM entitlements.apply_stripe_event($1, $2)", &[&payload, &header]).unwrap().get(0)
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(deliver(&mut old, &summary("evt_upgrade_summary_1", now - 50)), "ignored");
     for ws in ["11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"] {
         old.query(&format!("SELECT * FROM entitlements.entitlement_check_all('{ws}')"), &[]).unwrap();
     }
@@ -224,4 +242,12 @@ fn alter_extension_update_from_0_1_0_matches_a_fresh_install_and_keeps_every_row
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "the attached table's trigger was brought up to date");
+    // Once updated, summaries grant what stripe_feature_map maps.
+    exec(&mut old, "SELECT entitlements.map_stripe_feature('audit_exports', 'ccp-14')");
+    assert_eq!(deliver(&mut old, &summary("evt_upgrade_summary_2", now - 40)), "applied");
+    let granted: bool = old
+        .query_one("SELECT enabled FROM entitlements.entitlement_check('11111111-1111-1111-1111-111111111111', 'ccp-14')", &[])
+        .unwrap()
+        .get(0);
+    assert!(granted, "a pro workspace gets an enterprise feature through its Stripe entitlement");
 }

@@ -16,6 +16,9 @@ pub enum Handling {
     /// `invoice.paid`, `invoice.payment_failed`: recorded against the workspace; the status
     /// change itself arrives as a subscription event.
     Invoice,
+    /// `entitlements.active_entitlement_summary.updated`: the customer's active Stripe
+    /// Entitlements features, granted through `stripe_feature_map`.
+    EntitlementSummary,
     /// Everything else: recorded `ignored`.
     Ignored,
 }
@@ -30,6 +33,7 @@ pub fn handling(event_type: &str) -> Handling {
         "customer.subscription.deleted" => Handling::Subscription { deleted: true },
         "checkout.session.completed" => Handling::Checkout,
         "invoice.paid" | "invoice.payment_failed" => Handling::Invoice,
+        "entitlements.active_entitlement_summary.updated" => Handling::EntitlementSummary,
         _ => Handling::Ignored,
     }
 }
@@ -42,6 +46,9 @@ pub enum Outcome {
     Stale,
     Ignored,
     Unmapped,
+    /// An entitlement summary whose list has more pages: what it lists is granted, nothing
+    /// is revoked until the full list arrives (`apply_stripe_entitlements`).
+    Partial,
 }
 
 impl Outcome {
@@ -52,6 +59,7 @@ impl Outcome {
             Outcome::Stale => "stale",
             Outcome::Ignored => "ignored",
             Outcome::Unmapped => "unmapped",
+            Outcome::Partial => "partial",
         }
     }
 }
@@ -106,6 +114,71 @@ pub fn pick_tier(
         .max_by_key(|t| t.level)
 }
 
+/// One feature an item of a subscription grants (`stripe_price_features`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemGrant {
+    /// What identifies the item: its id, else its position (`item#0`, ...).
+    pub item: String,
+    /// The mapped id that granted it (price id, lookup_key or product).
+    pub stripe_id: String,
+    pub feature: String,
+    pub quantity: Option<i64>,
+    pub per_unit: Option<i64>,
+    /// What the item adds to the feature's limit: quantity x per_unit (a missing quantity
+    /// counts as 1), saturating; `None` without a per_unit.
+    pub units: Option<i64>,
+}
+
+/// The features every item of a subscription grants: per item and feature, the most specific
+/// of its ids that `stripe_price_features` maps (`mapped`: the (feature, per_unit) rows of one
+/// id) decides, as for tiers. Two items granting one feature give two grants (the feature is
+/// granted once; both add to its limit).
+pub fn item_grants(items: &[ItemFacts], mapped: impl Fn(&str) -> Vec<(String, Option<i64>)>) -> Vec<ItemGrant> {
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = item.id.clone().unwrap_or_else(|| format!("item#{i}"));
+        let mut seen: Vec<String> = Vec::new();
+        for id in mapping_keys(item) {
+            for (feature, per_unit) in mapped(id) {
+                if seen.contains(&feature) {
+                    continue;
+                }
+                seen.push(feature.clone());
+                let units = per_unit.map(|p| item.quantity.unwrap_or(1).saturating_mul(p));
+                out.push(ItemGrant {
+                    item: key.clone(),
+                    stripe_id: id.to_owned(),
+                    feature,
+                    quantity: item.quantity,
+                    per_unit,
+                    units,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// An entitlement summary's lookup_keys split by `stripe_feature_map` (`mapped`): the
+/// (lookup_key, feature) grants, and the keys we do not know (Stripe may know features we do
+/// not: counted, not an error). A key listed twice counts once.
+pub fn summary_grants(lookup_keys: &[String], mapped: impl Fn(&str) -> Option<String>) -> (Vec<(String, String)>, Vec<String>) {
+    let mut grants = Vec::new();
+    let mut unknown = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for key in lookup_keys {
+        if seen.contains(&key.as_str()) {
+            continue;
+        }
+        seen.push(key);
+        match mapped(key) {
+            Some(feature) => grants.push((key.clone(), feature)),
+            None => unknown.push(key.clone()),
+        }
+    }
+    (grants, unknown)
+}
+
 /// Per subscription: an event older than the last one applied changes nothing. Equal seconds
 /// are not stale: Stripe's `created` has one-second resolution, so same-second events are
 /// applied in the order they arrive (serialised by the subscription's row lock).
@@ -113,8 +186,9 @@ pub fn is_stale(created: i64, last_applied: Option<i64>) -> bool {
     last_applied.is_some_and(|last| created < last)
 }
 
-/// Statuses under which a subscription gives access (subject to the resolver's rules).
-fn holds_access(status: &str) -> bool {
+/// Statuses under which a subscription gives access (subject to the resolver's rules): its
+/// items' features are granted only then.
+pub fn holds_access(status: &str) -> bool {
     matches!(status, "trialing" | "active" | "past_due")
 }
 
@@ -175,8 +249,7 @@ mod tests {
             price_id: price.map(Into::into),
             lookup_key: lookup.map(Into::into),
             product_id: product.map(Into::into),
-            price_metadata_tier: None,
-            product_metadata_tier: None,
+            ..ItemFacts::default()
         }
     }
 
@@ -296,5 +369,71 @@ mod tests {
             assert_eq!(workspace_ref(Some(bad)), None, "{bad}");
         }
         assert_eq!(workspace_ref(None), None);
+    }
+
+    fn price_features(id: &str) -> Vec<(String, Option<i64>)> {
+        match id {
+            "price_seat" => vec![("seats".into(), Some(1))],
+            "price_reports" => vec![("ccp-08".into(), None)],
+            "prod_reports" => vec![("ccp-08".into(), None), ("ccp-09".into(), None)],
+            "price_calls_pack" => vec![("api_calls".into(), Some(1000))],
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn every_item_grants_its_features_most_specific_mapping_first() {
+        let mut base = item(Some("price_pro"), None, None);
+        base.id = Some("si_base".into());
+        let mut seats = item(Some("price_seat"), None, None);
+        seats.id = Some("si_seats".into());
+        seats.quantity = Some(7);
+        let reports = item(Some("price_reports"), None, Some("prod_reports"));
+        let mut pack = item(Some("price_calls_pack"), None, None);
+        pack.quantity = Some(3);
+        let grants = item_grants(&[base, seats, reports, pack], price_features);
+        let got: Vec<(&str, &str, &str, Option<i64>)> = grants
+            .iter()
+            .map(|g| (g.item.as_str(), g.stripe_id.as_str(), g.feature.as_str(), g.units))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("si_seats", "price_seat", "seats", Some(7)),
+                // The price maps ccp-08; the product adds ccp-09 and does not grant ccp-08 twice.
+                ("item#2", "price_reports", "ccp-08", None),
+                ("item#2", "prod_reports", "ccp-09", None),
+                ("item#3", "price_calls_pack", "api_calls", Some(3000)),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_same_feature_from_two_items_is_two_grants_and_quantities_saturate() {
+        let mut a = item(Some("price_seat"), None, None);
+        a.quantity = Some(i64::MAX);
+        let b = item(Some("price_seat"), None, None);
+        let grants = item_grants(&[a, b], |id| price_features(id));
+        assert_eq!(grants.len(), 2);
+        assert_eq!(grants[0].units, Some(i64::MAX));
+        assert_eq!(grants[1].units, Some(1), "a missing quantity counts as 1");
+    }
+
+    #[test]
+    fn summaries_split_known_and_unknown_lookup_keys() {
+        let keys: Vec<String> = ["journeys", "sso", "journeys", "beta_x"].iter().map(|s| s.to_string()).collect();
+        let (grants, unknown) = summary_grants(&keys, |k| match k {
+            "journeys" => Some("ccp-07".into()),
+            "sso" => Some("ccp-10".into()),
+            _ => None,
+        });
+        assert_eq!(grants, vec![("journeys".into(), "ccp-07".into()), ("sso".into(), "ccp-10".into())]);
+        assert_eq!(unknown, vec!["beta_x".to_string()]);
+    }
+
+    #[test]
+    fn entitlement_summaries_are_handled() {
+        assert_eq!(handling("entitlements.active_entitlement_summary.updated"), Handling::EntitlementSummary);
+        assert_eq!(Outcome::Partial.as_str(), "partial");
     }
 }

@@ -33,13 +33,27 @@ pub struct SubscriptionFacts {
     pub items: Vec<ItemFacts>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ItemFacts {
+    /// The subscription item's id (`si_...`).
+    pub id: Option<String>,
+    /// How many units of the price the item is for (absent for metered prices).
+    pub quantity: Option<i64>,
     pub price_id: Option<String>,
     pub lookup_key: Option<String>,
     pub product_id: Option<String>,
     pub price_metadata_tier: Option<String>,
     pub product_metadata_tier: Option<String>,
+}
+
+/// Facts of an `entitlements.active_entitlement_summary`: the customer's active features.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntitlementSummaryFacts {
+    pub customer: String,
+    /// The `lookup_key` of every active entitlement in the list, in order.
+    pub lookup_keys: Vec<String>,
+    /// The list is a first page only (`entitlements.has_more`).
+    pub has_more: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,7 +250,18 @@ pub fn subscription_facts(obj: &Value) -> Result<SubscriptionFacts, EventError> 
                         optional_time(item, "current_period_start", "items.data[].current_period_start")?;
                 }
             }
-            items.push(item_facts(item)?);
+            let mut facts = item_facts(item)?;
+            facts.id = optional_str(item, "id", "items.data[].id")?;
+            facts.quantity = match optional_i64(item, "quantity", "items.data[].quantity")? {
+                Some(q) if q < 0 => {
+                    return Err(EventError::WrongType {
+                        field: "items.data[].quantity",
+                        expected: "a non-negative integer",
+                    })
+                }
+                q => q,
+            };
+            items.push(facts);
         }
     }
     // Pre-basil payloads carry it on the subscription itself.
@@ -302,25 +327,13 @@ fn item_facts(item: &Map<String, Value>) -> Result<ItemFacts, EventError> {
     if let Some(plan) = item.get("plan").filter(|v| !v.is_null()) {
         return price_like(plan, &PLAN_FIELDS, false);
     }
-    Ok(ItemFacts {
-        price_id: None,
-        lookup_key: None,
-        product_id: None,
-        price_metadata_tier: None,
-        product_metadata_tier: None,
-    })
+    Ok(ItemFacts::default())
 }
 
 fn price_like(v: &Value, f: &PriceFields, has_lookup_key: bool) -> Result<ItemFacts, EventError> {
     // An unexpanded reference is just the id string.
     if let Value::String(id) = v {
-        return Ok(ItemFacts {
-            price_id: Some(id.clone()),
-            lookup_key: None,
-            product_id: None,
-            price_metadata_tier: None,
-            product_metadata_tier: None,
-        });
+        return Ok(ItemFacts { price_id: Some(id.clone()), ..ItemFacts::default() });
     }
     let p = v.as_object().ok_or(EventError::WrongType {
         field: f.object,
@@ -358,7 +371,37 @@ fn price_like(v: &Value, f: &PriceFields, has_lookup_key: bool) -> Result<ItemFa
         product_id,
         price_metadata_tier,
         product_metadata_tier,
+        ..ItemFacts::default()
     })
+}
+
+/// Facts of an `entitlements.active_entitlement_summary` object (Stripe's OpenAPI
+/// specification: `customer` a string, `entitlements` a list object of
+/// `entitlements.active_entitlement`, each with a `lookup_key`). An entitlement without a
+/// lookup_key is an error, not a feature silently lost.
+pub fn entitlement_summary_facts(obj: &Value) -> Result<EntitlementSummaryFacts, EventError> {
+    let o = expect_object(obj, "entitlements.active_entitlement_summary")?;
+    let customer = optional_id(o, "customer", "customer")?.ok_or(EventError::Missing("customer"))?;
+    let list = optional_obj(o, "entitlements", "entitlements")?.ok_or(EventError::Missing("entitlements"))?;
+    let data = match list.get("data") {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(a)) => a.as_slice(),
+        Some(_) => return Err(EventError::WrongType { field: "entitlements.data", expected: "an array" }),
+    };
+    let mut lookup_keys = Vec::with_capacity(data.len());
+    for entitlement in data {
+        let e = entitlement.as_object().ok_or(EventError::WrongType {
+            field: "entitlements.data[]",
+            expected: "an object",
+        })?;
+        lookup_keys.push(required_str(e, "lookup_key", "entitlements.data[].lookup_key")?);
+    }
+    let has_more = match list.get("has_more") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(EventError::WrongType { field: "entitlements.has_more", expected: "a boolean" }),
+    };
+    Ok(EntitlementSummaryFacts { customer, lookup_keys, has_more })
 }
 
 /// Facts of a `checkout.session` object. A `Result`, unlike `invoice_facts`: a session
@@ -732,6 +775,8 @@ mod tests {
                 metadata_workspace_id: Some("ws_9".into()),
                 metadata_tier: Some("pro".into()),
                 items: vec![ItemFacts {
+                    id: Some("si_1".into()),
+                    quantity: None,
                     price_id: Some("price_1".into()),
                     lookup_key: Some("pro_monthly".into()),
                     product_id: Some("prod_1".into()),
@@ -808,6 +853,7 @@ mod tests {
                 product_id: Some("prod_p".into()),
                 price_metadata_tier: Some("basic".into()),
                 product_metadata_tier: None,
+                ..ItemFacts::default()
             }
         );
         assert_eq!(f.items[1].price_id.as_deref(), Some("price_2"));

@@ -27,6 +27,9 @@ fn object_file_type(name: &str) -> &'static str {
         | "object-pay-customer.subscription.updated.basil-shape.json" => {
             "customer.subscription.updated"
         }
+        "object-openapi-entitlements.active_entitlement_summary.updated.json" => {
+            "entitlements.active_entitlement_summary.updated"
+        }
         other => panic!("object-* fixture {other} missing from the type table"),
     }
 }
@@ -338,4 +341,27 @@ fn non_subscription_objects_are_refused_by_subscription_facts() {
     let f = invoice_facts(&e.object);
     assert_eq!(f.customer, None);
     assert_eq!(f.subscription, None);
+}
+
+/// Both published summaries yield their customer and lookup_keys: Stripe's OpenAPI example
+/// (an expanded `feature`, `has_more` true) and stripe-sync-engine's recorded event.
+#[test]
+fn entitlement_summaries_yield_lookup_keys_and_has_more() {
+    use super::event::entitlement_summary_facts;
+    let e = parse_event(&load("object-openapi-entitlements.active_entitlement_summary.updated.json")).unwrap();
+    let f = entitlement_summary_facts(&e.object).unwrap();
+    assert_eq!((f.customer.as_str(), f.lookup_keys.clone(), f.has_more), ("customer", vec!["lookup_key".to_string()], true));
+
+    let e = parse_event(&load("stripe-sync-engine-entitlements.active_entitlement_summary.updated.json")).unwrap();
+    let f = entitlement_summary_facts(&e.object).unwrap();
+    assert_eq!((f.customer.as_str(), f.lookup_keys.clone(), f.has_more), ("cus_Sll319ReSxCmEi", vec!["journeys".to_string()], false));
+}
+
+/// The items of a real subscription carry their id and quantity.
+#[test]
+fn payfuzz_items_have_an_id_and_a_quantity() {
+    let e = parse_event(&load("payfuzz-customer.subscription.updated.json")).unwrap();
+    let f = subscription_facts(&e.object).unwrap();
+    assert_eq!(f.items[0].id.as_deref(), Some("si_UsV6FV9BtJA7xC"));
+    assert_eq!(f.items[0].quantity, Some(1));
 }

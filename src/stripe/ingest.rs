@@ -6,10 +6,12 @@
 //! `apply` as a live delivery.
 
 use super::decide::{self, Handling, Outcome, Tier};
-use super::event::{self, CheckoutFacts, Event, EventError, InvoiceFacts, SubscriptionFacts};
+use super::event::{
+    self, CheckoutFacts, EntitlementSummaryFacts, Event, EventError, InvoiceFacts, SubscriptionFacts,
+};
 use super::{signature, store};
 use crate::pgutil::{or_internal, require};
-use crate::{errors, gucs};
+use crate::{billing, errors, gucs};
 use pgrx::prelude::*;
 use pgrx::{composite_type, search_path, Uuid};
 
@@ -31,7 +33,9 @@ extension_sql_file!(
     name = "stripe",
     requires = [
         "stripe_event_result",
+        "api",
         apply_stripe_event,
+        apply_stripe_entitlements,
         link_stripe_customer,
         replay_stripe_events,
         sign_stripe_payload
@@ -43,6 +47,7 @@ enum Facts {
     Subscription { facts: SubscriptionFacts, deleted: bool },
     Checkout(CheckoutFacts),
     Invoice(InvoiceFacts),
+    EntitlementSummary(EntitlementSummaryFacts),
     Ignored,
 }
 
@@ -54,6 +59,11 @@ impl Facts {
             }
             Handling::Checkout => Facts::Checkout(event::checkout_facts(&event.object)?),
             Handling::Invoice => Facts::Invoice(event::invoice_facts(&event.object)),
+            // A schema without Stripe grants (not updated yet) records summaries as before.
+            Handling::EntitlementSummary if !store::schema_has_grants() => Facts::Ignored,
+            Handling::EntitlementSummary => {
+                Facts::EntitlementSummary(event::entitlement_summary_facts(&event.object)?)
+            }
             Handling::Ignored => Facts::Ignored,
         })
     }
@@ -63,6 +73,7 @@ impl Facts {
             Facts::Subscription { facts, .. } => facts.customer.as_deref(),
             Facts::Checkout(f) => f.customer.as_deref(),
             Facts::Invoice(f) => f.customer.as_deref(),
+            Facts::EntitlementSummary(f) => Some(&f.customer),
             Facts::Ignored => None,
         }
     }
@@ -72,6 +83,7 @@ impl Facts {
             Facts::Subscription { facts, .. } => Some(&facts.id),
             Facts::Checkout(f) => f.subscription.as_deref(),
             Facts::Invoice(f) => f.subscription.as_deref(),
+            Facts::EntitlementSummary(_) => None,
             Facts::Ignored => None,
         }
     }
@@ -177,6 +189,7 @@ fn apply(event: &Event, facts: &Facts, catch_up: bool) -> (Option<Uuid>, Outcome
         Facts::Subscription { facts, deleted } => apply_subscription(event, facts, *deleted, catch_up),
         Facts::Checkout(f) => apply_checkout(event, f, catch_up),
         Facts::Invoice(f) => apply_invoice(f),
+        Facts::EntitlementSummary(f) => apply_entitlement_summary(event, f),
         Facts::Ignored => (None, Outcome::Ignored),
     }
 }
@@ -232,19 +245,51 @@ fn apply_to_workspace(event: &Event, f: &SubscriptionFacts, deleted: bool, works
     if !decide::takes_over(current.as_ref().map(|c| (c.subscription.as_str(), c.status.as_str())), &f.id, status) {
         return Outcome::Stale;
     }
-    store::write_billing(&store::BillingWrite {
+    billing::write(&billing::BillingWrite {
         workspace,
         tier: &tier,
         status,
-        trial_end: f.trial_end,
-        current_period_end: f.current_period_end,
-        current_period_start: f.current_period_start,
+        trial_end: f.trial_end.map(billing::from_unix),
+        current_period_end: f.current_period_end.map(billing::from_unix),
+        current_period_start: f.current_period_start.map(billing::from_unix),
         cancel_at_period_end: f.cancel_at_period_end,
-        past_due_since: (status == "past_due").then(|| decide::past_due_since(event.created, unix_now())),
+        past_due_since: (status == "past_due")
+            .then(|| billing::from_unix(decide::past_due_since(event.created, unix_now()))),
         customer: f.customer.as_deref(),
-        subscription: &f.id,
+        subscription: Some(&f.id),
     });
+    if store::schema_has_grants() {
+        // Every item's features, while the subscription grants access; none otherwise (a
+        // cancellation ends them, and their part of any limit).
+        let grants = if decide::holds_access(status) { item_grants(f) } else { Vec::new() };
+        store::replace_item_grants(workspace, f.customer.as_deref(), &f.id, &event.id, &grants);
+    }
     Outcome::Applied
+}
+
+/// One query for every id of the items, then `decide::item_grants`.
+fn item_grants(f: &SubscriptionFacts) -> Vec<decide::ItemGrant> {
+    let ids = f.items.iter().flat_map(decide::mapping_keys).map(str::to_owned).collect();
+    let mapped = store::price_features(ids);
+    decide::item_grants(&f.items, |id| mapped.get(id).cloned().unwrap_or_default())
+}
+
+/// The customer's workspace is granted exactly the mapped features of the summary (a partial
+/// one, `has_more`, grants what it lists and ends nothing), in `created` order per customer.
+fn apply_entitlement_summary(event: &Event, f: &EntitlementSummaryFacts) -> (Option<Uuid>, Outcome) {
+    store::lock_customer(&f.customer);
+    let Some(workspace) = store::links(Some(&f.customer), None).0 else {
+        return (None, Outcome::Unmapped);
+    };
+    let complete = !f.has_more;
+    if !store::advance_summary(&f.customer, workspace, event.created, &event.id, complete) {
+        return (Some(workspace), Outcome::Stale);
+    }
+    let mapped = store::feature_map(f.lookup_keys.clone());
+    let (grants, unknown) = decide::summary_grants(&f.lookup_keys, |k| mapped.get(k).cloned());
+    store::apply_entitlements(workspace, &f.customer, &event.id, &grants, complete);
+    store::set_summary_detail(&event.id, grants.len(), &unknown);
+    (Some(workspace), if complete { Outcome::Applied } else { Outcome::Partial })
 }
 
 /// One query for every id and metadata tier of the items, then `decide::pick_tier`.
@@ -312,6 +357,56 @@ fn apply_all(events: &[(String, String)]) -> i64 {
 /// Applies, in order, the unmapped events a new link reaches; returns how many applied.
 fn apply_pending(customer: Option<&str>, subscription: Option<&str>, current: &str) -> i64 {
     apply_all(&store::pending(customer, subscription, current))
+}
+
+/// The full list of a customer's active Stripe Entitlements, for the webhook layer to pass
+/// after a summary answered `partial` (it fetched the remaining pages from Stripe's API).
+/// Recorded in the event log like a summary event (id `apply_stripe_entitlements:<customer>:
+/// <as_of>`, created = `as_of`) and applied the same way: ordered with the customer's
+/// summaries by `as_of`, `unmapped` until the customer is linked. Privileged (EXECUTE
+/// revoked from PUBLIC, granted to entitlements_webhook).
+#[pg_extern(volatile, security_definer, requires = ["stripe_event_result"])]
+#[search_path(pg_catalog, pg_temp)]
+fn apply_stripe_entitlements(
+    customer_id: Option<&str>,
+    lookup_keys: Option<Vec<Option<String>>>,
+    as_of: Option<TimestampWithTimeZone>,
+) -> composite_type!('static, "stripe_event_result") {
+    let customer = require(customer_id, "customer_id");
+    if customer.trim().is_empty() {
+        errors::invalid_argument("customer_id", "must not be empty");
+    }
+    let keys: Vec<String> = require(lookup_keys, "lookup_keys")
+        .into_iter()
+        .map(|k| k.unwrap_or_else(|| errors::null_argument("an element of lookup_keys")))
+        .collect();
+    let as_of = i64::from(require(as_of, "as_of"));
+    // PostgreSQL microseconds since 2000 to Stripe's Unix seconds (rounded down).
+    const UNIX_TO_PG_EPOCH_SECS: i64 = 946_684_800;
+    let created = as_of.div_euclid(1_000_000).saturating_add(UNIX_TO_PG_EPOCH_SECS);
+    let payload = serde_json::json!({
+        "id": format!("apply_stripe_entitlements:{customer}:{as_of}"),
+        "object": "event",
+        "type": "entitlements.active_entitlement_summary.updated",
+        "created": created,
+        "data": {"object": {
+            "object": "entitlements.active_entitlement_summary",
+            "customer": customer,
+            "entitlements": {
+                "object": "list",
+                "data": keys.iter().map(|k| serde_json::json!({
+                    "object": "entitlements.active_entitlement", "lookup_key": k
+                })).collect::<Vec<_>>(),
+                "has_more": false,
+            },
+        }},
+    })
+    .to_string();
+    let event = event::parse_event(&payload).unwrap_or_else(|e| errors::invalid_argument("as_of", &e.to_string()));
+    let facts = Facts::of(&event).unwrap_or_else(|e| errors::invalid_argument("lookup_keys", &e.to_string()));
+    let recorded = store::PayloadJsonb::convert(&payload);
+    let (workspace, outcome) = deliver(&recorded, &event, &facts);
+    result_row(&event, workspace, outcome)
 }
 
 /// Links a Stripe customer to a workspace and applies, in order, the events recorded

@@ -6,61 +6,13 @@
 
 use super::decide::{Outcome, Tier};
 use crate::errors;
+use crate::spi_write::{first, run, Stmt, BOOL, INT8, INT8_ARRAY, JSONB, TEXT, TEXT_ARRAY, UUID};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::CaughtError;
-use pgrx::pg_sys::{BuiltinOid, PgOid};
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiResult, SpiTupleTable};
 use pgrx::Uuid;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::CString;
-
-const TEXT: PgOid = PgOid::BuiltIn(BuiltinOid::TEXTOID);
-const TEXT_ARRAY: PgOid = PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID);
-const INT8: PgOid = PgOid::BuiltIn(BuiltinOid::INT8OID);
-const UUID: PgOid = PgOid::BuiltIn(BuiltinOid::UUIDOID);
-const BOOL: PgOid = PgOid::BuiltIn(BuiltinOid::BOOLOID);
-const JSONB: PgOid = PgOid::BuiltIn(BuiltinOid::JSONBOID);
-
-/// One SQL statement with its parameter types; its address keys the plan cache.
-pub struct Stmt {
-    sql: &'static str,
-    args: &'static [PgOid],
-}
-
-thread_local! {
-    static PLANS: RefCell<HashMap<usize, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
-}
-
-/// Run `stmt` (planned on first use, kept for the backend's life) and read its result.
-/// The plan is taken out of the cache while it runs, so a statement reached again from inside
-/// (a trigger) plans its own copy instead of finding the cache borrowed; an ERROR while it runs
-/// drops it, and the next call plans it again.
-fn run<R>(
-    stmt: &'static Stmt,
-    args: &[DatumWithOid<'_>],
-    read: impl FnOnce(SpiTupleTable<'_>) -> SpiResult<R>,
-) -> R {
-    let key = stmt as *const Stmt as usize;
-    let result = Spi::connect_mut(|client| {
-        let plan = match PLANS.with(|p| p.borrow_mut().remove(&key)) {
-            Some(plan) => plan,
-            None => client.prepare_mut(stmt.sql, stmt.args)?.keep(),
-        };
-        let out = client.update(&plan, None, args).and_then(read);
-        PLANS.with(|p| p.borrow_mut().insert(key, plan));
-        out
-    });
-    result.unwrap_or_else(|e| errors::internal(e))
-}
-
-fn first<T: IntoDatum + FromDatum>(table: SpiTupleTable<'_>) -> SpiResult<Option<T>> {
-    if table.is_empty() {
-        return Ok(None);
-    }
-    table.first().get_one::<T>()
-}
 
 // ---------------------------------------------------------------------------------------
 // Secrets.
@@ -243,6 +195,9 @@ pub fn start_replay(workspace: Option<Uuid>) -> Vec<(String, String)> {
     run(&REPLAY_START, &[], |_| Ok(()));
     let set = events(&REPLAY_SET, &[workspace.into()]);
     let ids: Vec<String> = set.iter().map(|(id, _)| id.clone()).collect();
+    if schema_has_grants() {
+        run(&REPLAY_RESET_SUMMARIES, &[ids.clone().into()], |_| Ok(()));
+    }
     run(&REPLAY_RESET, &[ids.into()], |_| Ok(()));
     set
 }
@@ -443,80 +398,183 @@ fn read_current(stmt: &'static Stmt, workspace: Uuid) -> Option<Current> {
     })
 }
 
-/// One billing_state write. The triggers of sql/api.sql keep past_due_since, updated_at and
-/// the entitlement matrix right, exactly as for `sync_billing_state`.
-pub struct BillingWrite<'a> {
-    pub workspace: Uuid,
-    pub tier: &'a str,
-    pub status: &'a str,
-    pub trial_end: Option<i64>,
-    pub current_period_end: Option<i64>,
-    pub current_period_start: Option<i64>,
-    pub cancel_at_period_end: bool,
-    pub past_due_since: Option<i64>,
-    pub customer: Option<&'a str>,
-    pub subscription: &'a str,
-}
+// ---------------------------------------------------------------------------------------
+// Stripe's catalog beyond the tier: item features (add-ons, quantities) and entitlement
+// summaries. A database whose schema predates them (the library replaced, ALTER EXTENSION
+// ... UPDATE not yet run) has none of these tables: ingestion then behaves as before them.
 
-macro_rules! write_billing_sql {
-    ($period_start_column:literal, $period_start_value:literal, $period_start_update:literal) => {
-        // The same upsert as sync_billing_state plus the Stripe columns. past_due_since: kept
-        // while the row stays past_due, else the event's time (the BEFORE trigger clears it for
-        // any other status). The customer id is written unless another workspace's row holds it
-        // (the column is UNIQUE; the first link wins, as in stripe_customers).
-        concat!(
-            "INSERT INTO entitlements.billing_state AS b
-                 (workspace_id, tier, status, trial_end, current_period_end, cancel_at_period_end,
-                  past_due_since, stripe_customer_id, stripe_subscription_id", $period_start_column, ")
-          VALUES ($1, $2, $3, to_timestamp($4), to_timestamp($5), $6, to_timestamp($7),
-                  CASE WHEN NOT EXISTS (SELECT 1 FROM entitlements.billing_state o
-                                         WHERE o.stripe_customer_id = $8 AND o.workspace_id <> $1)
-                       THEN $8 END,
-                  $9", $period_start_value, ")
-          ON CONFLICT ON CONSTRAINT billing_state_pkey DO UPDATE
-             SET tier = EXCLUDED.tier, status = EXCLUDED.status, trial_end = EXCLUDED.trial_end,
-                 current_period_end = EXCLUDED.current_period_end,
-                 cancel_at_period_end = EXCLUDED.cancel_at_period_end,
-                 past_due_since = CASE WHEN b.status = 'past_due' THEN b.past_due_since
-                                       ELSE EXCLUDED.past_due_since END,
-                 stripe_customer_id = coalesce(EXCLUDED.stripe_customer_id, b.stripe_customer_id),
-                 stripe_subscription_id = EXCLUDED.stripe_subscription_id", $period_start_update
-        )
-    };
-}
-
-static WRITE_BILLING: Stmt = Stmt {
-    sql: write_billing_sql!(", current_period_start", ", to_timestamp($10)",
-                            ", current_period_start = EXCLUDED.current_period_start"),
-    args: &[UUID, TEXT, TEXT, INT8, INT8, BOOL, INT8, TEXT, TEXT, INT8],
-};
-
-/// The same write for a database whose schema predates usage limits (the library replaced,
-/// `ALTER EXTENSION ... UPDATE` not yet run): it has no `current_period_start`. $10 is unused.
-static WRITE_BILLING_BEFORE_LIMITS: Stmt = Stmt {
-    sql: write_billing_sql!("", "", ""),
-    args: &[UUID, TEXT, TEXT, INT8, INT8, BOOL, INT8, TEXT, TEXT],
-};
-
-pub fn write_billing(w: &BillingWrite<'_>) {
-    let args = [
-        w.workspace.into(),
-        w.tier.into(),
-        w.status.into(),
-        w.trial_end.into(),
-        w.current_period_end.into(),
-        w.cancel_at_period_end.into(),
-        w.past_due_since.into(),
-        w.customer.into(),
-        w.subscription.into(),
-        w.current_period_start.into(),
-    ];
-    if crate::catalog::schema_has_limits() {
-        run(&WRITE_BILLING, &args, |_| Ok(()))
-    } else {
-        run(&WRITE_BILLING_BEFORE_LIMITS, &args[..9], |_| Ok(()))
+/// Does this database's schema have Stripe grants? Syscache lookups, no SPI.
+pub fn schema_has_grants() -> bool {
+    // SAFETY: catalog cache lookups by name, valid in any transaction; missing objects
+    // answer InvalidOid.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
+        nsp != pg_sys::InvalidOid
+            && pg_sys::get_relname_relid(c"stripe_feature_grants".as_ptr(), nsp) != pg_sys::InvalidOid
     }
 }
+
+static PRICE_FEATURES: Stmt = Stmt {
+    sql: "SELECT p.stripe_id, p.feature, p.per_unit FROM entitlements.stripe_price_features p
+           WHERE p.stripe_id = ANY ($1)",
+    args: &[TEXT_ARRAY],
+};
+
+/// The stripe_price_features rows among `ids`: id -> [(feature, per_unit)].
+pub fn price_features(ids: Vec<String>) -> HashMap<String, Vec<(String, Option<i64>)>> {
+    run(&PRICE_FEATURES, &[ids.into()], |table| {
+        let mut out: HashMap<String, Vec<(String, Option<i64>)>> = HashMap::new();
+        for row in table {
+            let (Some(id), Some(feature)) = (row.get::<String>(1)?, row.get::<String>(2)?) else { continue };
+            out.entry(id).or_default().push((feature, row.get::<i64>(3)?));
+        }
+        for features in out.values_mut() {
+            features.sort();
+        }
+        Ok(out)
+    })
+}
+
+static CLEAR_ITEM_GRANTS: Stmt = Stmt {
+    sql: "DELETE FROM entitlements.stripe_feature_grants g WHERE g.workspace_id = $1 AND g.via = 'item'",
+    args: &[UUID],
+};
+
+static ADD_ITEM_GRANTS: Stmt = Stmt {
+    sql: "INSERT INTO entitlements.stripe_feature_grants
+                 (workspace_id, feature, via, grant_key, stripe_id, customer_id, subscription_id,
+                  quantity, per_unit, units, event_id)
+          SELECT $1, i.feature, 'item', i.item, i.stripe_id, $2, $3, i.quantity, i.per_unit, i.units, $4
+            FROM unnest($5::text[], $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[])
+                 AS i(item, stripe_id, feature, quantity, per_unit, units)",
+    args: &[UUID, TEXT, TEXT, TEXT, TEXT_ARRAY, TEXT_ARRAY, TEXT_ARRAY, INT8_ARRAY, INT8_ARRAY, INT8_ARRAY],
+};
+
+/// The features the items of the subscription a workspace follows grant, replacing the
+/// previous event's (a removed item takes its part with it).
+pub fn replace_item_grants(
+    workspace: Uuid,
+    customer: Option<&str>,
+    subscription: &str,
+    event_id: &str,
+    grants: &[super::decide::ItemGrant],
+) {
+    run(&CLEAR_ITEM_GRANTS, &[workspace.into()], |_| Ok(()));
+    if grants.is_empty() {
+        return;
+    }
+    let col = |f: fn(&super::decide::ItemGrant) -> String| grants.iter().map(f).collect::<Vec<String>>();
+    let num = |f: fn(&super::decide::ItemGrant) -> Option<i64>| grants.iter().map(f).collect::<Vec<Option<i64>>>();
+    let args = [
+        workspace.into(),
+        customer.into(),
+        subscription.into(),
+        event_id.into(),
+        col(|g| g.item.clone()).into(),
+        col(|g| g.stripe_id.clone()).into(),
+        col(|g| g.feature.clone()).into(),
+        num(|g| g.quantity).into(),
+        num(|g| g.per_unit).into(),
+        num(|g| g.units).into(),
+    ];
+    run(&ADD_ITEM_GRANTS, &args, |_| Ok(()))
+}
+
+static FEATURE_MAP: Stmt = Stmt {
+    sql: "SELECT m.lookup_key, m.feature FROM entitlements.stripe_feature_map m WHERE m.lookup_key = ANY ($1)",
+    args: &[TEXT_ARRAY],
+};
+
+/// The stripe_feature_map rows among `lookup_keys`.
+pub fn feature_map(lookup_keys: Vec<String>) -> HashMap<String, String> {
+    run(&FEATURE_MAP, &[lookup_keys.into()], |table| {
+        let mut out = HashMap::new();
+        for row in table {
+            if let (Some(k), Some(f)) = (row.get::<String>(1)?, row.get::<String>(2)?) {
+                out.insert(k, f);
+            }
+        }
+        Ok(out)
+    })
+}
+
+static ADVANCE_SUMMARY: Stmt = Stmt {
+    // As ADVANCE for subscriptions: creates or locks the customer's row and moves its clock
+    // forward unless the summary is older than the last one applied (no row back = stale).
+    sql: "INSERT INTO entitlements.stripe_entitlement_summaries AS s
+                 (customer_id, workspace_id, last_created, last_event_id, complete)
+          VALUES ($1, $2, to_timestamp($3), $4, $5)
+          ON CONFLICT (customer_id) DO UPDATE
+             SET workspace_id = EXCLUDED.workspace_id, last_created = EXCLUDED.last_created,
+                 last_event_id = EXCLUDED.last_event_id, complete = EXCLUDED.complete,
+                 updated_at = now()
+           WHERE s.last_created IS NULL OR s.last_created <= EXCLUDED.last_created
+          RETURNING true",
+    args: &[TEXT, UUID, INT8, TEXT, BOOL],
+};
+
+/// `false` when the summary is stale for its customer.
+pub fn advance_summary(customer: &str, workspace: Uuid, created: i64, event_id: &str, complete: bool) -> bool {
+    let args = [customer.into(), workspace.into(), created.into(), event_id.into(), complete.into()];
+    run(&ADVANCE_SUMMARY, &args, first::<bool>).unwrap_or(false)
+}
+
+static REVOKE_ENTITLEMENTS: Stmt = Stmt {
+    sql: "DELETE FROM entitlements.stripe_feature_grants g
+           WHERE g.via = 'entitlement' AND g.customer_id = $1
+             AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS k(lookup_key, feature)
+                              WHERE k.lookup_key = g.stripe_id AND k.feature = g.feature
+                                AND g.workspace_id = $4)",
+    args: &[TEXT, TEXT_ARRAY, TEXT_ARRAY, UUID],
+};
+
+static GRANT_ENTITLEMENTS: Stmt = Stmt {
+    sql: "INSERT INTO entitlements.stripe_feature_grants AS g
+                 (workspace_id, feature, via, grant_key, stripe_id, customer_id, event_id)
+          SELECT $1, k.feature, 'entitlement', $4 || '/' || k.lookup_key, k.lookup_key, $4, $5
+            FROM unnest($2::text[], $3::text[]) AS k(lookup_key, feature)
+          ON CONFLICT ON CONSTRAINT stripe_feature_grants_pkey DO NOTHING",
+    args: &[UUID, TEXT_ARRAY, TEXT_ARRAY, TEXT, TEXT],
+};
+
+/// Grants the customer's workspace the mapped features of a summary; `complete`: also ends
+/// the customer's entitlement grants the summary no longer lists. A grant is keyed by customer
+/// and lookup_key, so two customers of one workspace granting one feature keep it apart.
+pub fn apply_entitlements(workspace: Uuid, customer: &str, event_id: &str, grants: &[(String, String)], complete: bool) {
+    let keys: Vec<String> = grants.iter().map(|(k, _)| k.clone()).collect();
+    let features: Vec<String> = grants.iter().map(|(_, f)| f.clone()).collect();
+    if complete {
+        let args = [customer.into(), keys.clone().into(), features.clone().into(), workspace.into()];
+        run(&REVOKE_ENTITLEMENTS, &args, |_| Ok(()));
+    }
+    if !grants.is_empty() {
+        let args = [workspace.into(), keys.into(), features.into(), customer.into(), event_id.into()];
+        run(&GRANT_ENTITLEMENTS, &args, |_| Ok(()));
+    }
+}
+
+static SET_DETAIL: Stmt = Stmt {
+    sql: "UPDATE entitlements.stripe_events SET outcome_detail = $2::jsonb WHERE event_id = $1
+             AND outcome_detail IS DISTINCT FROM $2::jsonb",
+    args: &[TEXT, TEXT],
+};
+
+/// What an entitlement summary's application counted (mapped and unknown lookup_keys), on
+/// its row of the event log.
+pub fn set_summary_detail(event_id: &str, granted: usize, unknown: &[String]) {
+    let detail = format!(
+        "{{\"granted\": {granted}, \"unknown_lookup_keys\": {}}}",
+        unknown.len()
+    );
+    run(&SET_DETAIL, &[event_id.into(), detail.into()], |_| Ok(()))
+}
+
+static REPLAY_RESET_SUMMARIES: Stmt = Stmt {
+    sql: "UPDATE entitlements.stripe_entitlement_summaries SET last_created = NULL, last_event_id = NULL
+           WHERE customer_id IN (SELECT e.stripe_customer_id FROM entitlements.stripe_events e
+                                  WHERE e.event_id = ANY ($1))",
+    args: &[TEXT_ARRAY],
+};
 
 #[cfg(test)]
 mod tests {
