@@ -1,5 +1,5 @@
-//! The plan cache of the statements that write (Stripe ingestion, the billing writer): each
-//! statement is planned once per backend and runs in SPI's read-write mode, so it takes a fresh
+//! The plan cache of the statements that write (Stripe ingestion, the billing writer, the audit
+//! writer): each statement is planned once per backend and runs in SPI's read-write mode, so it takes a fresh
 //! snapshot and sees what sessions that held a lock it waited for committed. The checks' reads
 //! have their own cache with snapshot rules of their own (`spi_read`).
 

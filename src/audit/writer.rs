@@ -15,7 +15,9 @@ use super::queue;
 use super::record::Record;
 use crate::resolver::Reason;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use crate::spi_write::{self, Stmt, INT8_ARRAY, TEXT_ARRAY};
 use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::{BuiltinOid, PgOid};
 use pgrx::prelude::*;
 use std::time::Duration;
 
@@ -78,6 +80,31 @@ ON CONFLICT ON CONSTRAINT entitlement_check_daily_key DO UPDATE
        last_checked_at = GREATEST(r.last_checked_at, EXCLUDED.last_checked_at)";
 // (unnest in the select list zips the arrays without materialising them: about 20% less
 // CPU per row than `SELECT * FROM unnest(...)`, measured.)
+
+const TIMESTAMPTZ_ARRAY: PgOid = PgOid::BuiltIn(BuiltinOid::TIMESTAMPTZARRAYOID);
+const UUID_ARRAY: PgOid = PgOid::BuiltIn(BuiltinOid::UUIDARRAYOID);
+const BOOL_ARRAY: PgOid = PgOid::BuiltIn(BuiltinOid::BOOLARRAYOID);
+
+static INSERT_STMT: Stmt = Stmt {
+    sql: INSERT,
+    args: &[
+        TIMESTAMPTZ_ARRAY, UUID_ARRAY, TEXT_ARRAY, TEXT_ARRAY, BOOL_ARRAY, TEXT_ARRAY, BOOL_ARRAY,
+        TEXT_ARRAY, TEXT_ARRAY, TEXT_ARRAY, TEXT_ARRAY, INT8_ARRAY,
+    ],
+};
+static INSERT_0_1_STMT: Stmt = Stmt {
+    sql: INSERT_0_1,
+    args: &[TIMESTAMPTZ_ARRAY, UUID_ARRAY, TEXT_ARRAY, TEXT_ARRAY, BOOL_ARRAY, TEXT_ARRAY, BOOL_ARRAY, TEXT_ARRAY, TEXT_ARRAY],
+};
+static ROLLUP_STMT: Stmt = Stmt {
+    sql: ROLLUP,
+    args: &[UUID_ARRAY, TIMESTAMPTZ_ARRAY, BOOL_ARRAY, BOOL_ARRAY, TEXT_ARRAY, INT8_ARRAY, TIMESTAMPTZ_ARRAY, TEXT_ARRAY],
+};
+static DAILY_STMT: Stmt = Stmt {
+    sql: DAILY,
+    args: &[UUID_ARRAY, TIMESTAMPTZ_ARRAY, BOOL_ARRAY, BOOL_ARRAY, TEXT_ARRAY, INT8_ARRAY, TIMESTAMPTZ_ARRAY],
+};
+
 
 /// How long a writer stays without a record of its database before it leaves (freeing its
 /// slot and its connection; the next check there starts it again).
@@ -547,22 +574,7 @@ fn try_insert(rows: &[Record], shape: Shape) -> Result<(), String> {
     }
 }
 
-thread_local! {
-    /// The INSERT, planned once for the writer's life (re-planned by PostgreSQL itself if the
-    /// table changes; if the extension is dropped, the next execution fails and the worker
-    /// restarts with a fresh plan).
-    static INSERT_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
-        const { std::cell::RefCell::new(None) };
-    static INSERT_0_1_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
-        const { std::cell::RefCell::new(None) };
-    static ROLLUP_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
-        const { std::cell::RefCell::new(None) };
-    static DAILY_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
-        const { std::cell::RefCell::new(None) };
-}
-
 fn insert(rows: &[Record], shape: Shape) {
-    use pgrx::pg_sys::{BuiltinOid, PgOid};
     let checked_at: Vec<TimestampWithTimeZone> =
         rows.iter().map(|r| crate::pgutil::timestamptz(r.checked_at)).collect();
     let workspace: Vec<pgrx::Uuid> = rows.iter().map(|r| pgrx::Uuid::from_bytes(r.workspace_id)).collect();
@@ -584,33 +596,21 @@ fn insert(rows: &[Record], shape: Shape) {
         text(|r| r.connection_addr.get()).into(),
         rows.iter().map(|r| r.quantity.get()).collect::<Vec<_>>().into(),
     ];
-    let (sql, slot, n) = match shape {
-        Shape::Current => (INSERT, &INSERT_PLAN, 12),
-        Shape::V0_1 => (INSERT_0_1, &INSERT_0_1_PLAN, 9),
+    // The statements are planned once for the writer's life by the one plan cache of
+    // statements that write (re-planned by PostgreSQL itself if the table changes; if the
+    // extension is dropped, the next execution fails and the worker restarts).
+    let stmt = match shape {
+        Shape::Current => &INSERT_STMT,
+        Shape::V0_1 => &INSERT_0_1_STMT,
     };
-    args.truncate(n);
-    let types = [
-        BuiltinOid::TIMESTAMPTZARRAYOID,
-        BuiltinOid::UUIDARRAYOID,
-        BuiltinOid::TEXTARRAYOID,
-        BuiltinOid::TEXTARRAYOID,
-        BuiltinOid::BOOLARRAYOID,
-        BuiltinOid::TEXTARRAYOID,
-        BuiltinOid::BOOLARRAYOID,
-        BuiltinOid::TEXTARRAYOID,
-        BuiltinOid::TEXTARRAYOID,
-        BuiltinOid::TEXTARRAYOID,
-        BuiltinOid::TEXTARRAYOID,
-        BuiltinOid::INT8ARRAYOID,
-    ]
-    .map(PgOid::BuiltIn);
-    run(sql, slot, &types[..n], &args);
+    args.truncate(stmt.args.len());
+    spi_write::run(stmt, &args, |_| Ok(()));
     if shape == Shape::Current {
         // In the INSERT's subtransaction: rows refused and rolled back are not counted.
         let hours = super::rollup::aggregate(rows);
         let days = super::rollup::days(&hours);
-        run(ROLLUP, &ROLLUP_PLAN, &GROUP_TYPES, &group_args(&hours, true));
-        run(DAILY, &DAILY_PLAN, &GROUP_TYPES[..7], &group_args(&days, false));
+        spi_write::run(&ROLLUP_STMT, &group_args(&hours, true), |_| Ok(()));
+        spi_write::run(&DAILY_STMT, &group_args(&days, false), |_| Ok(()));
     }
 }
 
@@ -631,36 +631,4 @@ fn group_args<'a>(groups: &'a [super::rollup::Group<'a>], with_feature: bool) ->
         args.push(groups.iter().map(|g| g.feature).collect::<Vec<_>>().into());
     }
     args
-}
-
-const GROUP_TYPES: [pgrx::pg_sys::PgOid; 8] = {
-    use pgrx::pg_sys::{BuiltinOid, PgOid};
-    [
-        PgOid::BuiltIn(BuiltinOid::UUIDARRAYOID),
-        PgOid::BuiltIn(BuiltinOid::TIMESTAMPTZARRAYOID),
-        PgOid::BuiltIn(BuiltinOid::BOOLARRAYOID),
-        PgOid::BuiltIn(BuiltinOid::BOOLARRAYOID),
-        PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID),
-        PgOid::BuiltIn(BuiltinOid::INT8ARRAYOID),
-        PgOid::BuiltIn(BuiltinOid::TIMESTAMPTZARRAYOID),
-        PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID),
-    ]
-};
-
-type PlanSlot = std::thread::LocalKey<std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>>>;
-
-/// Run `sql` with its plan kept in `slot` for the writer's life.
-fn run(sql: &str, slot: &'static PlanSlot, types: &[pgrx::pg_sys::PgOid], args: &[DatumWithOid]) {
-    Spi::connect_mut(|client| {
-        // The plan is taken out of the cell while it runs: no borrow is held meanwhile.
-        let plan = slot.with(|cell| cell.borrow_mut().take());
-        let plan = match plan {
-            Some(p) => p,
-            None => client.prepare_mut(sql, types)?.keep(),
-        };
-        let out = client.update(&plan, None, args).map(|_| ());
-        slot.with(|cell| *cell.borrow_mut() = Some(plan));
-        out
-    })
-    .unwrap_or_else(|e| crate::errors::internal(e));
 }
