@@ -1,9 +1,17 @@
 //! Usage limits: `consume`, `refund`, `usage` and `usage_all`. The library authorizes the
-//! caller (as the checks do) and decides the feature's rules; the counter itself is SQL
-//! (`entitlements.usage_apply` in sql/limits.sql), run as the extension's owner because the
-//! caller may read usage but never write it.
+//! caller (as the checks do) and decides the feature's rules; the counter is written as the
+//! owner of the usage tables (the extension's owner), because the caller may read usage but
+//! never write it.
+//!
+//! A `consume` without an idempotency key takes the fast path when the decision cache holds
+//! the feature's rules' decision, limit and period for the workspace (`api::cached_allowance`):
+//! one conditional UPDATE of the counter row, which takes the quantity only if the row is in
+//! the current period, the hard limit allows it and no usage threshold is reached for the
+//! first time. Anything else (no counter row yet, a new period, a refusal, a threshold to
+//! announce, a key, a refund, a read) goes to `entitlements.usage_apply` in sql/limits.sql,
+//! which holds the whole rule set; the fast path only ever does what it would have done.
 
-use crate::pgutil::require;
+use crate::pgutil::{require, timestamptz};
 use crate::spi_read::{self, Snapshot, Stmt};
 use crate::{api, errors, identity};
 use pgrx::pg_sys::{self, BuiltinOid};
@@ -13,14 +21,32 @@ use pgrx::Uuid;
 const UUID: pg_sys::Oid = BuiltinOid::UUIDOID.value();
 const TEXT: pg_sys::Oid = BuiltinOid::TEXTOID.value();
 const INT8: pg_sys::Oid = BuiltinOid::INT8OID.value();
+const BOOL: pg_sys::Oid = BuiltinOid::BOOLOID.value();
+const TIMESTAMPTZ: pg_sys::Oid = BuiltinOid::TIMESTAMPTZOID.value();
+const INT4_ARRAY: pg_sys::Oid = BuiltinOid::INT4ARRAYOID.value();
 
 static APPLY: Stmt = Stmt {
     sql: "SELECT entitlements.usage_apply($1, $2, $3, $4, $5, $6)",
     args: &[UUID, TEXT, INT8, TEXT, TEXT, TEXT],
 };
-static OWNER: Stmt = Stmt {
-    sql: "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_entitlements'",
-    args: &[],
+/// The fast path of `consume` (see the module comment). $5: the limit (NULL = unlimited),
+/// $6: hard, $7: the lowest use that reaches a threshold (NULL: none can), $8: the
+/// thresholds. The row is locked by the UPDATE, and in READ COMMITTED the conditions are
+/// checked again on the latest version when it waits for another consumer, so a hard limit is
+/// never exceeded. The result is built as usage_apply builds it.
+static TAKE: Stmt = Stmt {
+    sql: "UPDATE entitlements.usage_counters uc
+             SET used = uc.used + $3
+           WHERE uc.workspace_id = $1 AND uc.feature = $2 AND uc.period_start = $4
+             AND ($5 IS NULL OR NOT $6 OR uc.used + $3 <= $5)
+             AND ($7 IS NULL OR uc.used + $3 < $7
+                  OR NOT EXISTS (SELECT FROM unnest($8) AS t(v)
+                                  WHERE (uc.used + $3)::numeric * 100 >= t.v::numeric * $5
+                                    AND NOT t.v = ANY (uc.thresholds_notified)))
+       RETURNING ROW($2, true, NULL::text, uc.used, $5,
+                     CASE WHEN $5 IS NOT NULL THEN greatest($5 - uc.used, 0) END,
+                     CASE WHEN $4 <> '-infinity' THEN $4 END, $9)::entitlements.usage_result",
+    args: &[UUID, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, INT8, INT4_ARRAY, TIMESTAMPTZ],
 };
 static METERED: Stmt = Stmt {
     sql: "SELECT f.feature FROM entitlements.features f
@@ -58,14 +84,34 @@ impl Op {
     }
 }
 
-/// Run `f` as the extension's owner, as a SECURITY DEFINER function would: the usage tables
-/// are written by no other role. An ERROR inside `f` aborts the (sub)transaction, which
-/// restores the caller's user id itself.
+/// The owner of `entitlements.usage_counters`: the extension's owner, the one role that
+/// writes usage. From the syscache (a lookup by name, then by OID), so it follows an owner
+/// change exactly and costs no query.
+fn usage_owner() -> pg_sys::Oid {
+    // SAFETY: syscache lookups inside a transaction; the tuple is released before returning
+    // and read only while pinned.
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
+        let rel = if ns == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::get_relname_relid(c"usage_counters".as_ptr(), ns)
+        };
+        let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::RELOID as i32, pg_sys::Datum::from(rel));
+        if tuple.is_null() {
+            errors::internal("entitlements.usage_counters does not exist");
+        }
+        let owner = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tuple)).relowner;
+        pg_sys::ReleaseSysCache(tuple);
+        owner
+    }
+}
+
+/// Run `f` as the owner of the usage tables, as a SECURITY DEFINER function would: they are
+/// written by no other role. An ERROR inside `f` aborts the (sub)transaction, which restores
+/// the caller's user id itself.
 fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner = spi_read::query(&OWNER, &[], Snapshot::Active, 1, |r| r.get::<pg_sys::Oid>(1))
-        .pop()
-        .flatten()
-        .unwrap_or_else(|| errors::internal("the extension pg_entitlements has no owner"));
+    let owner = usage_owner();
     let (mut user, mut context) = (pg_sys::InvalidOid, 0);
     // SAFETY: reads and sets the backend's current user id, exactly as fmgr does for a
     // SECURITY DEFINER call; the guard puts the caller's back.
@@ -86,9 +132,70 @@ fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// `pg_entitlements.usage_thresholds` as usage_apply reads it: the distinct percentages.
+fn usage_thresholds() -> Vec<i32> {
+    let setting = crate::gucs::USAGE_THRESHOLDS.get();
+    let text = setting.as_deref().map(|c| c.to_string_lossy()).unwrap_or_default();
+    let mut thresholds: Vec<i32> = text.split(',').filter_map(|t| t.trim().parse().ok()).collect();
+    thresholds.sort_unstable();
+    thresholds.dedup();
+    thresholds
+}
+
+/// The lowest use of a limit that reaches one of the thresholds (used * 100 >= t * limit), or
+/// `None` when no use can announce anything (unlimited, a zero limit, no thresholds).
+fn first_threshold_use(limit: Option<i64>, thresholds: &[i32]) -> Option<i64> {
+    let limit = limit.filter(|l| *l > 0)?;
+    let lowest = i128::from(*thresholds.first()?);
+    let reached = (lowest * i128::from(limit) + 99) / 100;
+    Some(i64::try_from(reached).unwrap_or(i64::MAX))
+}
+
+/// `consume` through the cache and one UPDATE (module comment); `None` when it cannot take
+/// the fast path, and usage_apply decides.
+fn consume_fast(workspace_id: Uuid, feature: &str, quantity: i64) -> Option<UsageResultRow> {
+    if quantity <= 0 {
+        return None;
+    }
+    let (access, allowance) = api::cached_allowance(workspace_id, feature)?;
+    if !access.enabled || !allowance.metered {
+        return None;
+    }
+    let thresholds = usage_thresholds();
+    let first = first_threshold_use(allowance.limit, &thresholds);
+    let at = |t: i64| timestamptz(t);
+    let datum = as_extension_owner(|| {
+        spi_read::query(
+            &TAKE,
+            &[
+                workspace_id.into(),
+                feature.into(),
+                quantity.into(),
+                at(allowance.period_start).into(),
+                allowance.limit.into(),
+                allowance.hard_limit.into(),
+                first.into(),
+                thresholds.into(),
+                allowance.period_end.map(at).into(),
+            ],
+            Snapshot::OwnChanges,
+            1,
+            |r| r.datum_transferred(1, false, -1),
+        )
+    })
+    .pop()
+    .flatten()?;
+    Some(UsageResultRow(datum))
+}
+
 /// Authorize, decide the feature's other rules, then apply `op` to the counter.
 fn apply(workspace_id: Uuid, feature: &str, quantity: Option<i64>, idempotency_key: Option<&str>, op: Op) -> UsageResultRow {
     identity::authorize(workspace_id);
+    apply_authorized(workspace_id, feature, quantity, idempotency_key, op)
+}
+
+/// `apply` for a caller already authorized: usage_apply does the work.
+fn apply_authorized(workspace_id: Uuid, feature: &str, quantity: Option<i64>, idempotency_key: Option<&str>, op: Op) -> UsageResultRow {
     let access = api::decide_access_uncached(workspace_id, feature).unwrap_or_else(|| errors::unknown_feature(feature));
     let denied_by = access.reason.filter(|_| !access.enabled).map(|r| r.code());
     let datum = as_extension_owner(|| {
@@ -125,6 +232,13 @@ fn consume(
     let workspace_id = require(workspace_id, "workspace_id");
     let feature = require(feature, "feature");
     let quantity = require(quantity, "quantity");
+    if idempotency_key.is_none() {
+        identity::authorize(workspace_id);
+        if let Some(row) = consume_fast(workspace_id, feature, quantity) {
+            return row;
+        }
+        return apply_authorized(workspace_id, feature, Some(quantity), None, Op::Consume);
+    }
     apply(workspace_id, feature, Some(quantity), idempotency_key, Op::Consume)
 }
 

@@ -15,9 +15,9 @@ thread_local! {
     /// This transaction changed an input table: bypass the cache until it ends.
     static DIRTY: Cell<bool> = const { Cell::new(false) };
     /// The input tables' OIDs in this database, once looked up.
-    static WATCHED: Cell<Option<[pg_sys::Oid; 5]>> = const { Cell::new(None) };
+    static WATCHED: Cell<Option<[pg_sys::Oid; 7]>> = const { Cell::new(None) };
     /// What they were before the last namespace change (a second look-up compares).
-    static PREVIOUS: Cell<Option<[pg_sys::Oid; 5]>> = const { Cell::new(None) };
+    static PREVIOUS: Cell<Option<[pg_sys::Oid; 7]>> = const { Cell::new(None) };
     /// How many times this backend has looked the tables up.
     static PREVIOUS_LOOKUPS: Cell<u32> = const { Cell::new(0) };
     /// What this transaction's commit invalidates: everything, or these buckets' workspaces.
@@ -113,7 +113,16 @@ pub(super) fn ensure_watched() -> bool {
         if ns == pg_sys::InvalidOid {
             return false;
         }
-        [c"billing_state", c"overrides", c"features", c"tiers", c"workspace_members"]
+        // The limit tables are missing (InvalidOid) in a database not yet updated to them.
+        [
+            c"billing_state",
+            c"overrides",
+            c"features",
+            c"tiers",
+            c"workspace_members",
+            c"feature_limits",
+            c"limit_overrides",
+        ]
             .map(|name| pg_sys::get_relname_relid(name.as_ptr(), ns))
     };
     WATCHED.with(|w| w.set(Some(oids)));
