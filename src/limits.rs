@@ -7,9 +7,10 @@
 //! the feature's rules' decision, limit and period for the workspace (`api::cached_allowance`):
 //! one conditional UPDATE of the counter row, which takes the quantity only if the row is in
 //! the current period, the hard limit allows it and no usage threshold is reached for the
-//! first time. Anything else (no counter row yet, a new period, a refusal, a threshold to
-//! announce, a key, a refund, a read) goes to `entitlements.usage_apply` in sql/limits.sql,
-//! which holds the whole rule set; the fast path only ever does what it would have done.
+//! first time (and for the workspace's first consume, one INSERT of the row on the same
+//! conditions). Anything else (a new period, a refusal, a threshold to announce, a key, a
+//! refund, a read) goes to `entitlements.usage_apply` in sql/limits.sql, which holds the whole
+//! rule set; the fast path only ever does what it would have done.
 
 use crate::pgutil::{require, timestamptz};
 use crate::spi_read::{self, Snapshot, Stmt};
@@ -43,6 +44,19 @@ static TAKE: Stmt = Stmt {
                   OR NOT EXISTS (SELECT FROM unnest($8) AS t(v)
                                   WHERE (uc.used + $3)::numeric * 100 >= t.v::numeric * $5
                                     AND NOT t.v = ANY (uc.thresholds_notified)))
+       RETURNING ROW($2, true, NULL::text, uc.used, $5,
+                     CASE WHEN $5 IS NOT NULL THEN greatest($5 - uc.used, 0) END,
+                     CASE WHEN $4 <> '-infinity' THEN $4 END, $9)::entitlements.usage_result",
+    args: &[UUID, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, INT8, INT4_ARRAY, TIMESTAMPTZ],
+};
+/// The workspace's first consume of the feature: the counter row, created with the quantity
+/// when TAKE's conditions hold for a row at 0 (nothing announced yet), as usage_apply would
+/// leave it. A row another transaction created meanwhile is left to usage_apply.
+static OPEN: Stmt = Stmt {
+    sql: "INSERT INTO entitlements.usage_counters AS uc (workspace_id, feature, period_start, period_end, used)
+          SELECT $1, $2, $4, $9, $3
+           WHERE ($5 IS NULL OR NOT $6 OR $3 <= $5) AND ($7 IS NULL OR $3 < $7)
+          ON CONFLICT ON CONSTRAINT usage_counters_pkey DO NOTHING
        RETURNING ROW($2, true, NULL::text, uc.used, $5,
                      CASE WHEN $5 IS NOT NULL THEN greatest($5 - uc.used, 0) END,
                      CASE WHEN $4 <> '-infinity' THEN $4 END, $9)::entitlements.usage_result",
@@ -164,27 +178,21 @@ fn consume_fast(workspace_id: Uuid, feature: &str, quantity: i64) -> Option<Usag
     let thresholds = usage_thresholds();
     let first = first_threshold_use(allowance.limit, &thresholds);
     let at = |t: i64| timestamptz(t);
-    let datum = as_extension_owner(|| {
-        spi_read::query(
-            &TAKE,
-            &[
-                workspace_id.into(),
-                feature.into(),
-                quantity.into(),
-                at(allowance.period_start).into(),
-                allowance.limit.into(),
-                allowance.hard_limit.into(),
-                first.into(),
-                thresholds.into(),
-                allowance.period_end.map(at).into(),
-            ],
-            Snapshot::OwnChanges,
-            1,
-            |r| r.datum_transferred(1, false, -1),
-        )
-    })
-    .pop()
-    .flatten()?;
+    let args = [
+        workspace_id.into(),
+        feature.into(),
+        quantity.into(),
+        at(allowance.period_start).into(),
+        allowance.limit.into(),
+        allowance.hard_limit.into(),
+        first.into(),
+        thresholds.into(),
+        allowance.period_end.map(at).into(),
+    ];
+    let run = |stmt| {
+        spi_read::query(stmt, &args, Snapshot::OwnChanges, 1, |r| r.datum_transferred(1, false, -1)).pop().flatten()
+    };
+    let datum = as_extension_owner(|| run(&TAKE).or_else(|| run(&OPEN)))?;
     Some(UsageResultRow(datum))
 }
 

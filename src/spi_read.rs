@@ -1,6 +1,6 @@
 //! The SPI statements of the extension's hot paths: one plan cache for them, safe against
 //! re-entry, and the two guarantees a shared decision cache needs from every read it is filled
-//! from. (The one write here, `consume`'s counter update, runs with `Snapshot::OwnChanges`,
+//! from. (The writes here, `consume`'s counter statements, run with `Snapshot::OwnChanges`,
 //! the read-write path.)
 //! - Immune to the caller's `search_path`: plans are prepared and executed with it pinned
 //!   (`pgutil::with_pinned_search_path`), so an operator or function a caller plants in a
@@ -147,7 +147,8 @@ pub fn query<R>(
                 )
             };
             let returned_rows = status == pg_sys::SPI_OK_SELECT as i32
-                || (snapshot == Snapshot::OwnChanges && status == pg_sys::SPI_OK_UPDATE_RETURNING as i32);
+                || (snapshot == Snapshot::OwnChanges
+                    && [pg_sys::SPI_OK_UPDATE_RETURNING, pg_sys::SPI_OK_INSERT_RETURNING].contains(&(status as u32)));
             if !returned_rows {
                 crate::errors::internal(format!("SPI_execute_plan returned {status}"));
             }
