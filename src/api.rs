@@ -272,9 +272,18 @@ fn entitlement_check(
     identity::authorize(workspace_id);
     let checked = check_one(workspace_id, feature).unwrap_or_else(|| errors::unknown_feature(feature));
     audit::record(&audited(workspace_id, &checked));
-    // The descriptor is built once per call site and kept in fn_extra (in fn_mcxt, which
-    // lives as long as the call site), so a cached check forms one tuple and nothing else.
-    // SAFETY: fcinfo is this call's; fn_extra is ours to use for this function.
+    // SAFETY: fcinfo is this call's; the descriptor is check_result's.
+    unsafe { CheckResultRow(check_result_datum(call_site_tupdesc(fcinfo), &checked)) }
+}
+
+/// The result row's descriptor of a function returning one composite, built once per call
+/// site and kept in fn_extra (in fn_mcxt, which lives as long as the call site), so a hot call
+/// forms one tuple and nothing else.
+///
+/// # Safety
+/// `fcinfo` must be the current call's, of a function that uses fn_extra for nothing else.
+pub(crate) unsafe fn call_site_tupdesc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
+    // SAFETY: as the caller promises.
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         if (*flinfo).fn_extra.is_null() {
@@ -283,7 +292,7 @@ fn entitlement_check(
             (*flinfo).fn_extra = pg_sys::CreateTupleDescCopy(desc).cast();
             pg_sys::MemoryContextSwitchTo(old);
         }
-        CheckResultRow(check_result_datum((*flinfo).fn_extra.cast(), &checked))
+        (*flinfo).fn_extra.cast()
     }
 }
 

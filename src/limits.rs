@@ -13,6 +13,7 @@
 //! rule set; the fast path only ever does what it would have done.
 
 use crate::pgutil::{require, timestamptz};
+use crate::cache::table::Allowance;
 use crate::spi_read::{self, Snapshot, Stmt};
 use crate::{api, errors, identity};
 use pgrx::pg_sys::{self, BuiltinOid};
@@ -25,29 +26,27 @@ const INT8: pg_sys::Oid = BuiltinOid::INT8OID.value();
 const BOOL: pg_sys::Oid = BuiltinOid::BOOLOID.value();
 const TIMESTAMPTZ: pg_sys::Oid = BuiltinOid::TIMESTAMPTZOID.value();
 const INT4_ARRAY: pg_sys::Oid = BuiltinOid::INT4ARRAYOID.value();
+const INT8_ARRAY: pg_sys::Oid = BuiltinOid::INT8ARRAYOID.value();
 
 static APPLY: Stmt = Stmt {
     sql: "SELECT entitlements.usage_apply($1, $2, $3, $4, $5, $6)",
     args: &[UUID, TEXT, INT8, TEXT, TEXT, TEXT],
 };
-/// The fast path of `consume` (see the module comment). $5: the limit (NULL = unlimited),
-/// $6: hard, $7: the lowest use that reaches a threshold (NULL: none can), $8: the
-/// thresholds. The row is locked by the UPDATE, and in READ COMMITTED the conditions are
-/// checked again on the latest version when it waits for another consumer, so a hard limit is
-/// never exceeded. The result is built as usage_apply builds it.
+/// The fast path of `consume` (see the module comment): the counter's new `used`, or no row.
+/// $4: the period's start, $5: the limit (NULL = unlimited), $6: hard, $7: the thresholds
+/// (ascending) and $8 the lowest use that reaches each, NULL when no use can announce anything.
+/// The thresholds a use reaches are the first width_bucket(use, $8) of $7; the UPDATE takes
+/// the quantity only if they have all been announced already. The row is locked by the
+/// UPDATE, and in READ COMMITTED the conditions are checked again on the latest version when
+/// it waits for another consumer, so a hard limit is never exceeded.
 static TAKE: Stmt = Stmt {
     sql: "UPDATE entitlements.usage_counters uc
              SET used = uc.used + $3
            WHERE uc.workspace_id = $1 AND uc.feature = $2 AND uc.period_start = $4
              AND ($5 IS NULL OR NOT $6 OR uc.used + $3 <= $5)
-             AND ($7 IS NULL OR uc.used + $3 < $7
-                  OR NOT EXISTS (SELECT FROM unnest($8) AS t(v)
-                                  WHERE (uc.used + $3)::numeric * 100 >= t.v::numeric * $5
-                                    AND NOT t.v = ANY (uc.thresholds_notified)))
-       RETURNING ROW($2, true, NULL::text, uc.used, $5,
-                     CASE WHEN $5 IS NOT NULL THEN greatest($5 - uc.used, 0) END,
-                     CASE WHEN $4 <> '-infinity' THEN $4 END, $9)::entitlements.usage_result",
-    args: &[UUID, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, INT8, INT4_ARRAY, TIMESTAMPTZ],
+             AND ($8 IS NULL OR uc.thresholds_notified @> $7[1:width_bucket(uc.used + $3, $8)])
+       RETURNING uc.used",
+    args: &[UUID, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, INT4_ARRAY, INT8_ARRAY, TIMESTAMPTZ],
 };
 /// The workspace's first consume of the feature: the counter row, created with the quantity
 /// when TAKE's conditions hold for a row at 0 (nothing announced yet), as usage_apply would
@@ -55,12 +54,10 @@ static TAKE: Stmt = Stmt {
 static OPEN: Stmt = Stmt {
     sql: "INSERT INTO entitlements.usage_counters AS uc (workspace_id, feature, period_start, period_end, used)
           SELECT $1, $2, $4, $9, $3
-           WHERE ($5 IS NULL OR NOT $6 OR $3 <= $5) AND ($7 IS NULL OR $3 < $7)
+           WHERE ($5 IS NULL OR NOT $6 OR $3 <= $5) AND ($8 IS NULL OR width_bucket($3, $8) = 0)
           ON CONFLICT ON CONSTRAINT usage_counters_pkey DO NOTHING
-       RETURNING ROW($2, true, NULL::text, uc.used, $5,
-                     CASE WHEN $5 IS NOT NULL THEN greatest($5 - uc.used, 0) END,
-                     CASE WHEN $4 <> '-infinity' THEN $4 END, $9)::entitlements.usage_result",
-    args: &[UUID, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, INT8, INT4_ARRAY, TIMESTAMPTZ],
+       RETURNING uc.used",
+    args: &[UUID, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, INT4_ARRAY, INT8_ARRAY, TIMESTAMPTZ],
 };
 static METERED: Stmt = Stmt {
     sql: "SELECT f.feature FROM entitlements.features f
@@ -156,18 +153,50 @@ fn usage_thresholds() -> Vec<i32> {
     thresholds
 }
 
-/// The lowest use of a limit that reaches one of the thresholds (used * 100 >= t * limit), or
-/// `None` when no use can announce anything (unlimited, a zero limit, no thresholds).
-fn first_threshold_use(limit: Option<i64>, thresholds: &[i32]) -> Option<i64> {
-    let limit = limit.filter(|l| *l > 0)?;
-    let lowest = i128::from(*thresholds.first()?);
-    let reached = (lowest * i128::from(limit) + 99) / 100;
-    Some(i64::try_from(reached).unwrap_or(i64::MAX))
+/// For each threshold (ascending), the lowest use of `limit` that reaches it (used * 100 >=
+/// t * limit, as usage_apply compares); `None` when no use can announce anything (unlimited,
+/// a zero limit, no thresholds), as usage_apply announces nothing then.
+fn threshold_uses(limit: Option<i64>, thresholds: &[i32]) -> Option<Vec<i64>> {
+    let limit = i128::from(limit.filter(|l| *l > 0)?);
+    let uses: Vec<i64> = thresholds
+        .iter()
+        .map(|t| i64::try_from((i128::from(*t) * limit + 99) / 100).unwrap_or(i64::MAX))
+        .collect();
+    (!uses.is_empty()).then_some(uses)
+}
+
+/// The `usage_result` of a consume that took its quantity, formed as usage_apply forms it.
+///
+/// # Safety
+/// `fcinfo` must be `consume`'s current call.
+unsafe fn taken(fcinfo: pg_sys::FunctionCallInfo, feature: &str, used: i64, a: &Allowance) -> UsageResultRow {
+    let remaining = a.limit.map(|l| (l - used).max(0));
+    let period_start = (a.period_start != i64::MIN).then_some(a.period_start);
+    let int8 = |v: Option<i64>| v.map_or(pg_sys::Datum::from(0), pg_sys::Datum::from);
+    let mut values = [
+        feature.into_datum().unwrap_or(pg_sys::Datum::from(0)),
+        pg_sys::Datum::from(true),
+        pg_sys::Datum::from(0),
+        pg_sys::Datum::from(used),
+        int8(a.limit),
+        int8(remaining),
+        int8(period_start),
+        int8(a.period_end),
+    ];
+    let mut nulls =
+        [false, false, true, false, a.limit.is_none(), remaining.is_none(), period_start.is_none(), a.period_end.is_none()];
+    // SAFETY: the descriptor is usage_result's (consume's declared result type); values and
+    // nulls have one element per attribute, of its type (timestamptz is an int8 by value);
+    // the text is not toasted, so the tuple's header is a valid composite datum as is.
+    unsafe {
+        let tuple = pg_sys::heap_form_tuple(api::call_site_tupdesc(fcinfo), values.as_mut_ptr(), nulls.as_mut_ptr());
+        UsageResultRow(pg_sys::Datum::from((*tuple).t_data))
+    }
 }
 
 /// `consume` through the cache and one UPDATE (module comment); `None` when it cannot take
 /// the fast path, and usage_apply decides.
-fn consume_fast(workspace_id: Uuid, feature: &str, quantity: i64) -> Option<UsageResultRow> {
+fn consume_fast(workspace_id: Uuid, feature: &str, quantity: i64, fcinfo: pg_sys::FunctionCallInfo) -> Option<UsageResultRow> {
     if quantity <= 0 {
         return None;
     }
@@ -176,7 +205,7 @@ fn consume_fast(workspace_id: Uuid, feature: &str, quantity: i64) -> Option<Usag
         return None;
     }
     let thresholds = usage_thresholds();
-    let first = first_threshold_use(allowance.limit, &thresholds);
+    let uses = threshold_uses(allowance.limit, &thresholds);
     let at = |t: i64| timestamptz(t);
     let args = [
         workspace_id.into(),
@@ -185,15 +214,14 @@ fn consume_fast(workspace_id: Uuid, feature: &str, quantity: i64) -> Option<Usag
         at(allowance.period_start).into(),
         allowance.limit.into(),
         allowance.hard_limit.into(),
-        first.into(),
         thresholds.into(),
+        uses.into(),
         allowance.period_end.map(at).into(),
     ];
-    let run = |stmt| {
-        spi_read::query(stmt, &args, Snapshot::OwnChanges, 1, |r| r.datum_transferred(1, false, -1)).pop().flatten()
-    };
-    let datum = as_extension_owner(|| run(&TAKE).or_else(|| run(&OPEN)))?;
-    Some(UsageResultRow(datum))
+    let run = |stmt| spi_read::query(stmt, &args, Snapshot::OwnChanges, 1, |r| r.get::<i64>(1)).pop().flatten();
+    let used = as_extension_owner(|| run(&TAKE).or_else(|| run(&OPEN)))?;
+    // SAFETY: fcinfo is consume's current call.
+    Some(unsafe { taken(fcinfo, feature, used, &allowance) })
 }
 
 /// Authorize, decide the feature's other rules, then apply `op` to the counter.
@@ -236,13 +264,14 @@ fn consume(
     feature: Option<&str>,
     quantity: default!(Option<i64>, 1),
     idempotency_key: default!(Option<&str>, "NULL"),
+    fcinfo: pg_sys::FunctionCallInfo,
 ) -> UsageResultRow {
     let workspace_id = require(workspace_id, "workspace_id");
     let feature = require(feature, "feature");
     let quantity = require(quantity, "quantity");
     if idempotency_key.is_none() {
         identity::authorize(workspace_id);
-        if let Some(row) = consume_fast(workspace_id, feature, quantity) {
+        if let Some(row) = consume_fast(workspace_id, feature, quantity, fcinfo) {
             return row;
         }
         return apply_authorized(workspace_id, feature, Some(quantity), None, Op::Consume);
@@ -281,4 +310,25 @@ fn usage_all(workspace_id: Option<Uuid>) -> SetOfIterator<'static, UsageResultRo
     let rows: Vec<UsageResultRow> =
         features.iter().map(|f| apply(workspace_id, f, None, None, Op::Read)).collect();
     SetOfIterator::new(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::threshold_uses;
+
+    #[test]
+    fn threshold_uses_are_the_lowest_uses_that_reach_each_threshold() {
+        assert_eq!(threshold_uses(Some(1000), &[80, 100]), Some(vec![800, 1000]));
+        // 80% of 3 is 2.4: a use of 2 is below it, 3 reaches it (and 100% too).
+        assert_eq!(threshold_uses(Some(3), &[80, 100]), Some(vec![3, 3]));
+        assert_eq!(threshold_uses(Some(10), &[1, 150]), Some(vec![1, 15]));
+        assert_eq!(threshold_uses(Some(i64::MAX), &[1000]), Some(vec![i64::MAX]), "past bigint: never reached");
+    }
+
+    #[test]
+    fn nothing_to_announce_without_a_positive_limit_or_thresholds() {
+        assert_eq!(threshold_uses(None, &[80, 100]), None);
+        assert_eq!(threshold_uses(Some(0), &[80, 100]), None);
+        assert_eq!(threshold_uses(Some(1000), &[]), None);
+    }
 }
