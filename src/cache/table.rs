@@ -23,6 +23,12 @@ pub struct Slot {
     pub cached_at: i64,
     pub expires_at: i64,
     pub grace: i64,
+    /// `Allowance` of a metered or counted feature, as plain fields (all-zero: none): its
+    /// 64-bit fields here beside the others, its flags below with the bytes, so the slot
+    /// has no padding inside.
+    pub usage_limit: i64,
+    pub usage_period_start: i64,
+    pub usage_period_end: i64,
     pub database: u32,
     pub workspace: [u8; 16],
     pub feature_len: u8,
@@ -32,14 +38,11 @@ pub struct Slot {
     pub enabled: bool,
     /// `Reason::ordinal`, 0 for none.
     pub reason: u8,
-    /// `Allowance` of a metered or counted feature, as plain fields (all-zero: none).
+    /// 0: no allowance (a boolean feature), 1: metered, 2: counted.
     pub usage_kind: u8,
     pub usage_hard: bool,
     pub usage_has_limit: bool,
     pub usage_has_period_end: bool,
-    pub usage_limit: i64,
-    pub usage_period_start: i64,
-    pub usage_period_end: i64,
     /// Clock bit: set by readers (under a shared lock, hence atomic), cleared by the hand.
     pub referenced: AtomicU8,
 }
