@@ -134,6 +134,6 @@ Overshoot, {attempts} attempts against a limit of {limit}: `consume` ended at {c
 {int(bu) - int(limit)}), the two-statement pattern at {tu} (overshoot {int(tu) - int(limit)}).
 
 `has_entitlement` in-server, per call: {bus} µs on a boolean feature (from the cache), {mus} µs
-on a metered one (never cached: it reads the counter).
+on a metered one (its rules and limit from the cache, its counter read).
 """)
 PY

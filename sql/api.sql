@@ -127,7 +127,9 @@ CREATE TRIGGER billing_state_after AFTER INSERT OR UPDATE OF workspace_id ON ent
 -- decision (or who may ask: workspace_members) marks its transaction (which then bypasses the
 -- cache until it ends) and queues a relcache invalidation that reaches hot standbys through
 -- the WAL. At commit, a change to the catalog (tiers, features) or a TRUNCATE invalidates
--- every entry; a change to rows of billing_state, overrides or workspace_members invalidates
+-- every entry (feature_limits, the tiers' usage limits, counts as catalog: sql/limits.sql puts
+-- the same triggers on it and on limit_overrides); a change to rows of billing_state,
+-- overrides, limit_overrides or workspace_members invalidates
 -- the entries of the workspaces those rows belong to, which the AFTER triggers name from the
 -- statement's transition tables (more than 1024 in a statement: every entry).
 -- ENABLE ALWAYS: the triggers fire under session_replication_role = replica too (logical
@@ -139,7 +141,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     -- The catalog decides for every workspace, and a TRUNCATE names no rows.
-    IF TG_OP = 'TRUNCATE' OR TG_TABLE_NAME IN ('tiers', 'features') THEN
+    IF TG_OP = 'TRUNCATE' OR TG_TABLE_NAME IN ('tiers', 'features', 'feature_limits') THEN
         PERFORM entitlements.note_decision_inputs_changed(TG_RELID);
     ELSE
         PERFORM entitlements.note_workspace_statement(TG_RELID);

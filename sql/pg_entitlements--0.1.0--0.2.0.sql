@@ -798,7 +798,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     -- The catalog decides for every workspace, and a TRUNCATE names no rows.
-    IF TG_OP = 'TRUNCATE' OR TG_TABLE_NAME IN ('tiers', 'features') THEN
+    IF TG_OP = 'TRUNCATE' OR TG_TABLE_NAME IN ('tiers', 'features', 'feature_limits') THEN
         PERFORM entitlements.note_decision_inputs_changed(TG_RELID);
     ELSE
         PERFORM entitlements.note_workspace_statement(TG_RELID);
@@ -1162,6 +1162,29 @@ SELECT pg_catalog.pg_extension_config_dump('entitlements.limit_overrides', '');
 SELECT pg_catalog.pg_extension_config_dump('entitlements.usage_counters', '');
 SELECT pg_catalog.pg_extension_config_dump('entitlements.usage_periods', '');
 SELECT pg_catalog.pg_extension_config_dump('entitlements.usage_idempotency', '');
+
+-- A metered or counted feature's limit and period are kept in the decision cache with the
+-- feature's rules (docs/LIMITS.md), so the limits are decision inputs like the others and
+-- carry the same invalidation triggers (sql/api.sql): feature_limits as catalog (a commit
+-- invalidates every workspace), limit_overrides per workspace.
+CREATE TRIGGER cache_invalidate BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.feature_limits
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_trigger();
+CREATE TRIGGER cache_invalidate BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON entitlements.limit_overrides
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_trigger();
+ALTER TABLE entitlements.feature_limits ENABLE ALWAYS TRIGGER cache_invalidate;
+ALTER TABLE entitlements.limit_overrides ENABLE ALWAYS TRIGGER cache_invalidate;
+CREATE TRIGGER cache_invalidate_inserted AFTER INSERT ON entitlements.limit_overrides
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_updated AFTER UPDATE ON entitlements.limit_overrides
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+CREATE TRIGGER cache_invalidate_deleted AFTER DELETE ON entitlements.limit_overrides
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION entitlements.cache_invalidate_rows_trigger();
+ALTER TABLE entitlements.limit_overrides ENABLE ALWAYS TRIGGER cache_invalidate_inserted;
+ALTER TABLE entitlements.limit_overrides ENABLE ALWAYS TRIGGER cache_invalidate_updated;
+ALTER TABLE entitlements.limit_overrides ENABLE ALWAYS TRIGGER cache_invalidate_deleted;
 
 -- The period a usage counter covers at `at`. billing_period: the subscription's period when
 -- it is known and `at` is inside it, else the calendar month (UTC), as for month. A period

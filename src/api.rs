@@ -1,9 +1,9 @@
 //! The SQL API of checks: thin glue between Postgres and the resolver.
 //! Order of work for every check: authorize, read the inputs, decide, answer.
 
-use crate::cache::{self, table::{Entry, Key}};
+use crate::cache::{self, table::{Allowance, Entry, Key}};
 use crate::catalog::{self, FeatureInputs};
-use crate::resolver::{self, Decision};
+use crate::resolver::{self, Decision, Usage};
 use crate::pgutil::{now, require, timestamptz};
 use crate::spi_read::Snapshot;
 use crate::{audit, errors, gucs, identity};
@@ -60,8 +60,21 @@ fn cache_key<'a>(workspace_id: &Uuid, feature: &'a str) -> Key<'a> {
     Key { database: cache::database(), workspace: *workspace_id.as_bytes(), feature }
 }
 
-fn from_cache(feature: &str, e: &Entry, now: i64, reader: &cache::Reader) -> Checked {
-    let decision = Decision { enabled: e.enabled, reason: e.reason, valid_until: None };
+/// A cached entry's decision. A metered or counted feature's entry holds its rules' decision
+/// and its limit; the counter, which every consume moves, is read now (latest committed).
+fn cached_decision(workspace_id: &Uuid, feature: &str, e: &Entry) -> Decision {
+    let access = Decision { enabled: e.enabled, reason: e.reason, valid_until: None };
+    match e.usage {
+        None => access,
+        Some(a) => {
+            let used = cache::read_decision_inputs(|s| catalog::used_in_period(*workspace_id, feature, a.period_start, s));
+            resolver::within_limit(access, Some(Usage { used, limit: a.limit }))
+        }
+    }
+}
+
+fn from_cache(workspace_id: &Uuid, feature: &str, e: &Entry, now: i64, reader: &cache::Reader) -> Checked {
+    let decision = cached_decision(workspace_id, feature, e);
     Checked {
         feature: feature.to_owned(),
         tier: e.tier().to_owned(),
@@ -75,9 +88,7 @@ fn from_cache(feature: &str, e: &Entry, now: i64, reader: &cache::Reader) -> Che
 }
 
 fn computed(inputs: FeatureInputs, decision: Decision, now: i64, reader: Option<&cache::Reader>, workspace_id: &Uuid) -> Checked {
-    let ttl = reader.filter(|_| !inputs.has_usage()).and_then(|r| {
-        r.put(&cache_key(workspace_id, &inputs.feature), decision.enabled, decision.reason, &inputs.tier, decision.valid_until)
-    });
+    let ttl = reader.and_then(|r| store(r, workspace_id, &inputs, decision, now, r.grace()));
     Checked {
         required_tier: required_tier(&decision, || Some(inputs.min_tier)),
         feature: inputs.feature,
@@ -90,6 +101,43 @@ fn computed(inputs: FeatureInputs, decision: Decision, now: i64, reader: Option<
     }
 }
 
+/// Put a decision computed from `inputs` into the cache. A metered or counted feature's
+/// decision depends on its counter, which is never cached: its entry holds the rules'
+/// decision (rules 1 to 5) with the limit and period instead, valid while both are.
+fn store(r: &cache::Reader, workspace_id: &Uuid, inputs: &FeatureInputs, decision: Decision, now: i64, grace: i64) -> Option<i32> {
+    let key = cache_key(workspace_id, &inputs.feature);
+    match inputs.allowance {
+        None => r.put(&key, decision.enabled, decision.reason, &inputs.tier, decision.valid_until, None),
+        Some((allowance, allowance_valid_until)) => {
+            let access = resolver::decide_access(&resolver_inputs(inputs, now, grace));
+            let valid_until = match (access.valid_until, allowance_valid_until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            r.put(&key, access.enabled, access.reason, &inputs.tier, valid_until, Some(allowance))
+        }
+    }
+}
+
+/// A metered or counted feature's rules' decision (rules 1 to 5) and its limit and period,
+/// through the cache: what `consume` needs besides the counter. `None` when the cache cannot
+/// be used in this transaction, or the feature is unknown or boolean (the caller then takes
+/// the uncached path, which says why).
+pub fn cached_allowance(workspace_id: Uuid, feature: &str) -> Option<(Decision, Allowance)> {
+    let now = now();
+    let grace = gucs::past_due_grace_micros();
+    let reader = cache::reader(now, grace, workspace_id.as_bytes())?;
+    if let Some(e) = reader.get(&cache_key(&workspace_id, feature)) {
+        let access = Decision { enabled: e.enabled, reason: e.reason, valid_until: None };
+        return e.usage.map(|a| (access, a));
+    }
+    let inputs = cache::read_decision_inputs(|s| catalog::feature_inputs(workspace_id, feature, s))?;
+    let (allowance, _) = inputs.allowance?;
+    let access = resolver::decide_access(&resolver_inputs(&inputs, now, grace));
+    store(&reader, &workspace_id, &inputs, access, now, grace);
+    Some((access, allowance))
+}
+
 /// Decide one (workspace, feature), through the cache; `None` for a feature the catalog
 /// does not know.
 pub fn check_one(workspace_id: Uuid, feature: &str) -> Option<Checked> {
@@ -98,7 +146,7 @@ pub fn check_one(workspace_id: Uuid, feature: &str) -> Option<Checked> {
     let reader = cache::reader(now, grace, workspace_id.as_bytes());
     if let Some(r) = &reader {
         if let Some(e) = r.get(&cache_key(&workspace_id, feature)) {
-            return Some(from_cache(feature, &e, now, r));
+            return Some(from_cache(&workspace_id, feature, &e, now, r));
         }
     }
     let inputs = cache::read_decision_inputs(|s| catalog::feature_inputs(workspace_id, feature, s))?;
@@ -116,7 +164,7 @@ pub fn check_all(workspace_id: Uuid) -> Vec<Checked> {
         if let Some(names) = catalog::feature_names_cached(r) {
             let hits: Option<Vec<Checked>> = names
                 .iter()
-                .map(|f| r.get(&cache_key(&workspace_id, f)).map(|e| from_cache(f, &e, now, r)))
+                .map(|f| r.get(&cache_key(&workspace_id, f)).map(|e| from_cache(&workspace_id, f, &e, now, r)))
                 .collect();
             if let Some(hits) = hits {
                 return hits;
@@ -230,9 +278,18 @@ fn entitlement_check(
     identity::authorize(workspace_id);
     let checked = check_one(workspace_id, feature).unwrap_or_else(|| errors::unknown_feature(feature));
     audit::record(&audited(workspace_id, &checked));
-    // The descriptor is built once per call site and kept in fn_extra (in fn_mcxt, which
-    // lives as long as the call site), so a cached check forms one tuple and nothing else.
-    // SAFETY: fcinfo is this call's; fn_extra is ours to use for this function.
+    // SAFETY: fcinfo is this call's; the descriptor is check_result's.
+    unsafe { CheckResultRow(check_result_datum(call_site_tupdesc(fcinfo), &checked)) }
+}
+
+/// The result row's descriptor of a function returning one composite, built once per call
+/// site and kept in fn_extra (in fn_mcxt, which lives as long as the call site), so a hot call
+/// forms one tuple and nothing else.
+///
+/// # Safety
+/// `fcinfo` must be the current call's, of a function that uses fn_extra for nothing else.
+pub(crate) unsafe fn call_site_tupdesc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
+    // SAFETY: as the caller promises.
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         if (*flinfo).fn_extra.is_null() {
@@ -241,7 +298,7 @@ fn entitlement_check(
             (*flinfo).fn_extra = pg_sys::CreateTupleDescCopy(desc).cast();
             pg_sys::MemoryContextSwitchTo(old);
         }
-        CheckResultRow(check_result_datum((*flinfo).fn_extra.cast(), &checked))
+        (*flinfo).fn_extra.cast()
     }
 }
 

@@ -2,6 +2,7 @@
 //! backend (spi_read); they run as the caller (so RLS applies), with search_path pinned, and
 //! under the snapshot `cache::read_decision_inputs` chooses.
 
+use crate::cache::table::Allowance;
 use crate::resolver::{Billing, Override, Status, Usage};
 use crate::spi_read::{self, Row, Snapshot, Stmt};
 use pgrx::pg_sys::{self, BuiltinOid};
@@ -23,15 +24,11 @@ pub struct FeatureInputs {
     pub stripe_grant: bool,
     /// The current period's usage and limit, for a metered or counted feature.
     pub usage: Option<Usage>,
+    /// The same feature's limit and period as the cache keeps them, and until when they hold
+    /// (the period's end, a future billing period's start, a limit override's expiry).
+    pub allowance: Option<(Allowance, Option<i64>)>,
 }
 
-impl FeatureInputs {
-    /// Metered and counted features' decisions change with every consume, so they are never
-    /// kept in the shared cache (docs/LIMITS.md).
-    pub fn has_usage(&self) -> bool {
-        self.usage.is_some()
-    }
-}
 
 const UUID: pg_sys::Oid = BuiltinOid::UUIDOID.value();
 const TEXT: pg_sys::Oid = BuiltinOid::TEXTOID.value();
@@ -46,7 +43,7 @@ macro_rules! STRIPE_GRANT {
 }
 
 macro_rules! inputs_query {
-    ($grant:expr, $usage_columns:literal, $usage_join:literal, $now:literal, $usage_join_end:literal, $tail:literal) => {
+    ($grant:expr, $usage_columns:expr, $usage_join:expr, $now:expr, $usage_join_end:expr, $tail:expr) => {
         concat!(
             "SELECT f.feature, ft.level, coalesce(b.tier, 'free'), coalesce(t.level, 0),
                     coalesce(b.status, 'none'), b.trial_end, b.past_due_since, o.enabled, o.expires_at,
@@ -70,12 +67,23 @@ macro_rules! inputs_query {
         // Usage is read for metered and counted features only: OFFSET 0 keeps the subquery
         // apart, so its filter on the outer row is a one-time filter and boolean features never
         // read usage. The clock comes as a parameter: a volatile argument would keep PostgreSQL
-        // from inlining usage_state, which then costs a plan per call.
+        // from inlining usage_state, which then costs a plan per call. valid_until: the first
+        // instant the limit or the period could change with the clock alone (the period ends,
+        // a billing period that has not begun begins, a limit override expires).
         inputs_query!(
             STRIPE_GRANT!(),
-            "f.kind <> 'boolean', u.used, u.limit_value",
-            "LEFT JOIN LATERAL (SELECT s.used, s.limit_value
-                                  FROM entitlements.usage_state($1, f.feature, ",
+            "f.kind <> 'boolean', u.used, u.limit_value, f.kind = 'metered', f.hard_limit,
+             u.period_start, u.period_end, u.valid_until",
+            concat!(
+                "LEFT JOIN LATERAL (
+                     SELECT s.used, s.limit_value, s.period_start, s.period_end,
+                            least(s.period_end,
+                                  CASE WHEN b.current_period_start > ", $now, " THEN b.current_period_start END,
+                                  (SELECT lo.expires_at FROM entitlements.limit_overrides lo
+                                    WHERE lo.workspace_id = $1 AND lo.feature = f.feature
+                                      AND lo.expires_at > ", $now, ")) AS valid_until
+                       FROM entitlements.usage_state($1, f.feature, "
+            ),
             $now,
             ") s
                                  WHERE f.kind <> 'boolean' OFFSET 0) u ON true ",
@@ -87,9 +95,17 @@ macro_rules! inputs_query {
 /// The same reads without usage: for a database whose schema predates usage limits and
 /// Stripe grants (a library already replaced, `ALTER EXTENSION ... UPDATE` not yet run: every
 /// feature is boolean there, nothing is granted by Stripe).
+/// The usage columns of a query that reads no usage.
+macro_rules! NO_USAGE {
+    () => {
+        "false, NULL::bigint, NULL::bigint, false, true, NULL::timestamptz, NULL::timestamptz,
+         NULL::timestamptz"
+    };
+}
+
 macro_rules! inputs_query_before_limits {
     ($tail:literal) => {
-        inputs_query!("false", "false, NULL::bigint, NULL::bigint", "", "", "", $tail)
+        inputs_query!("false", NO_USAGE!(), "", "", "", $tail)
     };
 }
 
@@ -99,7 +115,7 @@ static ALL_FEATURES: Stmt =
     Stmt { sql: inputs_query!("$2", "ORDER BY ft.level, f.feature"), args: &[UUID, TIMESTAMPTZ] };
 /// One feature's rules without its usage, for `consume`, which reads usage itself.
 static ONE_FEATURE_ACCESS: Stmt = Stmt {
-    sql: inputs_query!(STRIPE_GRANT!(), "false, NULL::bigint, NULL::bigint", "", "", "", "WHERE f.feature = $2"),
+    sql: inputs_query!(STRIPE_GRANT!(), NO_USAGE!(), "", "", "", "WHERE f.feature = $2"),
     args: &[UUID, TEXT],
 };
 static ONE_FEATURE_BEFORE_LIMITS: Stmt =
@@ -154,10 +170,21 @@ fn feature_inputs_of(row: &Row) -> FeatureInputs {
         min_tier: row.get(10).unwrap_or_default(),
         billing,
         override_,
-        stripe_grant: row.get::<bool>(14).unwrap_or(false),
+        stripe_grant: row.get::<bool>(19).unwrap_or(false),
         usage: row.get::<bool>(11).unwrap_or(false).then(|| Usage {
             used: row.get(12).unwrap_or(0),
             limit: row.get(13),
+        }),
+        allowance: row.get::<bool>(11).unwrap_or(false).then(|| {
+            let at = |n| row.get::<TimestampWithTimeZone>(n).map(i64::from);
+            let allowance = Allowance {
+                metered: row.get(14).unwrap_or(false),
+                hard_limit: row.get(15).unwrap_or(true),
+                limit: row.get(13),
+                period_start: at(16).unwrap_or(i64::MIN),
+                period_end: at(17),
+            };
+            (allowance, at(18))
         }),
     }
 }
@@ -186,6 +213,23 @@ pub fn all_feature_inputs(workspace_id: pgrx::Uuid, snapshot: Snapshot) -> Vec<F
     }
     let args = [workspace_id.into(), crate::pgutil::timestamptz(crate::pgutil::now()).into()];
     spi_read::query(&ALL_FEATURES, &args, snapshot, 0, feature_inputs_of)
+}
+
+static COUNTER: Stmt = Stmt {
+    sql: "SELECT c.used, c.period_start FROM entitlements.usage_counters c
+           WHERE c.workspace_id = $1 AND c.feature = $2",
+    args: &[UUID, TEXT],
+};
+
+/// What the counter of a metered or counted feature says was used in the period starting at
+/// `period_start` (0 when the counter is still on an earlier period, or there is none).
+pub fn used_in_period(workspace_id: pgrx::Uuid, feature: &str, period_start: i64, snapshot: Snapshot) -> i64 {
+    spi_read::query(&COUNTER, &[workspace_id.into(), feature.into()], snapshot, 1, |r| {
+        let start = r.get::<TimestampWithTimeZone>(2).map(i64::from);
+        if start == Some(period_start) { r.get::<i64>(1).unwrap_or(0) } else { 0 }
+    })
+    .pop()
+    .unwrap_or(0)
 }
 
 pub fn is_member(workspace_id: pgrx::Uuid, user: &str, snapshot: Snapshot) -> bool {

@@ -1,9 +1,19 @@
 //! Usage limits: `consume`, `refund`, `usage` and `usage_all`. The library authorizes the
-//! caller (as the checks do) and decides the feature's rules; the counter itself is SQL
-//! (`entitlements.usage_apply` in sql/limits.sql), run as the extension's owner because the
-//! caller may read usage but never write it.
+//! caller (as the checks do) and decides the feature's rules; the counter is written as the
+//! owner of the usage tables (the extension's owner), because the caller may read usage but
+//! never write it.
+//!
+//! A `consume` without an idempotency key takes the fast path when the decision cache holds
+//! the feature's rules' decision, limit and period for the workspace (`api::cached_allowance`):
+//! one conditional UPDATE of the counter row, which takes the quantity only if the row is in
+//! the current period, the hard limit allows it and no usage threshold is reached for the
+//! first time (and for the workspace's first consume, one INSERT of the row on the same
+//! conditions). Anything else (a new period, a refusal, a threshold to announce, a key, a
+//! refund, a read) goes to `entitlements.usage_apply` in sql/limits.sql, which holds the whole
+//! rule set; the fast path only ever does what it would have done.
 
-use crate::pgutil::require;
+use crate::pgutil::{require, timestamptz};
+use crate::cache::table::Allowance;
 use crate::spi_read::{self, Snapshot, Stmt};
 use crate::{api, errors, identity};
 use pgrx::pg_sys::{self, BuiltinOid};
@@ -13,14 +23,41 @@ use pgrx::Uuid;
 const UUID: pg_sys::Oid = BuiltinOid::UUIDOID.value();
 const TEXT: pg_sys::Oid = BuiltinOid::TEXTOID.value();
 const INT8: pg_sys::Oid = BuiltinOid::INT8OID.value();
+const BOOL: pg_sys::Oid = BuiltinOid::BOOLOID.value();
+const TIMESTAMPTZ: pg_sys::Oid = BuiltinOid::TIMESTAMPTZOID.value();
+const INT4_ARRAY: pg_sys::Oid = BuiltinOid::INT4ARRAYOID.value();
+const INT8_ARRAY: pg_sys::Oid = BuiltinOid::INT8ARRAYOID.value();
 
 static APPLY: Stmt = Stmt {
     sql: "SELECT entitlements.usage_apply($1, $2, $3, $4, $5, $6)",
     args: &[UUID, TEXT, INT8, TEXT, TEXT, TEXT],
 };
-static OWNER: Stmt = Stmt {
-    sql: "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_entitlements'",
-    args: &[],
+/// The fast path of `consume` (see the module comment): the counter's new `used`, or no row.
+/// $4: the period's start, $5: the limit (NULL = unlimited), $6: hard, $7: the thresholds
+/// (ascending) and $8 the lowest use that reaches each, NULL when no use can announce anything.
+/// The thresholds a use reaches are the first width_bucket(use, $8) of $7; the UPDATE takes
+/// the quantity only if they have all been announced already. The row is locked by the
+/// UPDATE, and in READ COMMITTED the conditions are checked again on the latest version when
+/// it waits for another consumer, so a hard limit is never exceeded.
+static TAKE: Stmt = Stmt {
+    sql: "UPDATE entitlements.usage_counters uc
+             SET used = uc.used + $3
+           WHERE uc.workspace_id = $1 AND uc.feature = $2 AND uc.period_start = $4
+             AND ($5 IS NULL OR NOT $6 OR uc.used + $3 <= $5)
+             AND ($8 IS NULL OR uc.thresholds_notified @> $7[1:width_bucket(uc.used + $3, $8)])
+       RETURNING uc.used",
+    args: &[UUID, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, INT4_ARRAY, INT8_ARRAY, TIMESTAMPTZ],
+};
+/// The workspace's first consume of the feature: the counter row, created with the quantity
+/// when TAKE's conditions hold for a row at 0 (nothing announced yet), as usage_apply would
+/// leave it. A row another transaction created meanwhile is left to usage_apply.
+static OPEN: Stmt = Stmt {
+    sql: "INSERT INTO entitlements.usage_counters AS uc (workspace_id, feature, period_start, period_end, used)
+          SELECT $1, $2, $4, $9, $3
+           WHERE ($5 IS NULL OR NOT $6 OR $3 <= $5) AND ($8 IS NULL OR width_bucket($3, $8) = 0)
+          ON CONFLICT ON CONSTRAINT usage_counters_pkey DO NOTHING
+       RETURNING uc.used",
+    args: &[UUID, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, INT4_ARRAY, INT8_ARRAY, TIMESTAMPTZ],
 };
 static METERED: Stmt = Stmt {
     sql: "SELECT f.feature FROM entitlements.features f
@@ -58,14 +95,34 @@ impl Op {
     }
 }
 
-/// Run `f` as the extension's owner, as a SECURITY DEFINER function would: the usage tables
-/// are written by no other role. An ERROR inside `f` aborts the (sub)transaction, which
-/// restores the caller's user id itself.
+/// The owner of `entitlements.usage_counters`: the extension's owner, the one role that
+/// writes usage. From the syscache (a lookup by name, then by OID), so it follows an owner
+/// change exactly and costs no query.
+fn usage_owner() -> pg_sys::Oid {
+    // SAFETY: syscache lookups inside a transaction; the tuple is released before returning
+    // and read only while pinned.
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
+        let rel = if ns == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::get_relname_relid(c"usage_counters".as_ptr(), ns)
+        };
+        let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::RELOID as i32, pg_sys::Datum::from(rel));
+        if tuple.is_null() {
+            errors::internal("entitlements.usage_counters does not exist");
+        }
+        let owner = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tuple)).relowner;
+        pg_sys::ReleaseSysCache(tuple);
+        owner
+    }
+}
+
+/// Run `f` as the owner of the usage tables, as a SECURITY DEFINER function would: they are
+/// written by no other role. An ERROR inside `f` aborts the (sub)transaction, which restores
+/// the caller's user id itself.
 fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner = spi_read::query(&OWNER, &[], Snapshot::Active, 1, |r| r.get::<pg_sys::Oid>(1))
-        .pop()
-        .flatten()
-        .unwrap_or_else(|| errors::internal("the extension pg_entitlements has no owner"));
+    let owner = usage_owner();
     let (mut user, mut context) = (pg_sys::InvalidOid, 0);
     // SAFETY: reads and sets the backend's current user id, exactly as fmgr does for a
     // SECURITY DEFINER call; the guard puts the caller's back.
@@ -86,9 +143,95 @@ fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// `pg_entitlements.usage_thresholds` as usage_apply reads it: the distinct percentages.
+fn usage_thresholds() -> Vec<i32> {
+    let setting = crate::gucs::USAGE_THRESHOLDS.get();
+    let text = setting.as_deref().map(|c| c.to_string_lossy()).unwrap_or_default();
+    let mut thresholds: Vec<i32> = text.split(',').filter_map(|t| t.trim().parse().ok()).collect();
+    thresholds.sort_unstable();
+    thresholds.dedup();
+    thresholds
+}
+
+/// For each threshold (ascending), the lowest use of `limit` that reaches it (used * 100 >=
+/// t * limit, as usage_apply compares); `None` when no use can announce anything (unlimited,
+/// a zero limit, no thresholds), as usage_apply announces nothing then.
+fn threshold_uses(limit: Option<i64>, thresholds: &[i32]) -> Option<Vec<i64>> {
+    let limit = i128::from(limit.filter(|l| *l > 0)?);
+    let uses: Vec<i64> = thresholds
+        .iter()
+        .map(|t| i64::try_from((i128::from(*t) * limit + 99) / 100).unwrap_or(i64::MAX))
+        .collect();
+    (!uses.is_empty()).then_some(uses)
+}
+
+/// The `usage_result` of a consume that took its quantity, formed as usage_apply forms it.
+///
+/// # Safety
+/// `fcinfo` must be `consume`'s current call.
+unsafe fn taken(fcinfo: pg_sys::FunctionCallInfo, feature: &str, used: i64, a: &Allowance) -> UsageResultRow {
+    let remaining = a.limit.map(|l| (l - used).max(0));
+    let period_start = (a.period_start != i64::MIN).then_some(a.period_start);
+    let int8 = |v: Option<i64>| v.map_or(pg_sys::Datum::from(0), pg_sys::Datum::from);
+    let mut values = [
+        feature.into_datum().unwrap_or(pg_sys::Datum::from(0)),
+        pg_sys::Datum::from(true),
+        pg_sys::Datum::from(0),
+        pg_sys::Datum::from(used),
+        int8(a.limit),
+        int8(remaining),
+        int8(period_start),
+        int8(a.period_end),
+    ];
+    let mut nulls =
+        [false, false, true, false, a.limit.is_none(), remaining.is_none(), period_start.is_none(), a.period_end.is_none()];
+    // SAFETY: the descriptor is usage_result's (consume's declared result type); values and
+    // nulls have one element per attribute, of its type (timestamptz is an int8 by value);
+    // the text is not toasted, so the tuple's header is a valid composite datum as is.
+    unsafe {
+        let tuple = pg_sys::heap_form_tuple(api::call_site_tupdesc(fcinfo), values.as_mut_ptr(), nulls.as_mut_ptr());
+        UsageResultRow(pg_sys::Datum::from((*tuple).t_data))
+    }
+}
+
+/// `consume` through the cache and one UPDATE (module comment); `None` when it cannot take
+/// the fast path, and usage_apply decides.
+fn consume_fast(workspace_id: Uuid, feature: &str, quantity: i64, fcinfo: pg_sys::FunctionCallInfo) -> Option<UsageResultRow> {
+    if quantity <= 0 {
+        return None;
+    }
+    let (access, allowance) = api::cached_allowance(workspace_id, feature)?;
+    if !access.enabled || !allowance.metered {
+        return None;
+    }
+    let thresholds = usage_thresholds();
+    let uses = threshold_uses(allowance.limit, &thresholds);
+    let at = |t: i64| timestamptz(t);
+    let args = [
+        workspace_id.into(),
+        feature.into(),
+        quantity.into(),
+        at(allowance.period_start).into(),
+        allowance.limit.into(),
+        allowance.hard_limit.into(),
+        thresholds.into(),
+        uses.into(),
+        allowance.period_end.map(at).into(),
+    ];
+    let run = |stmt| spi_read::query(stmt, &args, Snapshot::OwnChanges, 1, |r| r.get::<i64>(1)).pop().flatten();
+    let used = as_extension_owner(|| run(&TAKE).or_else(|| run(&OPEN)))?;
+    // SAFETY: fcinfo is consume's current call.
+    Some(unsafe { taken(fcinfo, feature, used, &allowance) })
+}
+
 /// Authorize, decide the feature's other rules, then apply `op` to the counter.
 fn apply(workspace_id: Uuid, feature: &str, quantity: Option<i64>, idempotency_key: Option<&str>, op: Op) -> UsageResultRow {
     identity::authorize(workspace_id);
+    apply_authorized(workspace_id, feature, quantity, idempotency_key, op)
+}
+
+/// `apply` for a caller already authorized: usage_apply does the work.
+fn apply_authorized(workspace_id: Uuid, feature: &str, quantity: Option<i64>, idempotency_key: Option<&str>, op: Op) -> UsageResultRow {
     let access = api::decide_access_uncached(workspace_id, feature).unwrap_or_else(|| errors::unknown_feature(feature));
     let denied_by = access.reason.filter(|_| !access.enabled).map(|r| r.code());
     let datum = as_extension_owner(|| {
@@ -121,10 +264,18 @@ fn consume(
     feature: Option<&str>,
     quantity: default!(Option<i64>, 1),
     idempotency_key: default!(Option<&str>, "NULL"),
+    fcinfo: pg_sys::FunctionCallInfo,
 ) -> UsageResultRow {
     let workspace_id = require(workspace_id, "workspace_id");
     let feature = require(feature, "feature");
     let quantity = require(quantity, "quantity");
+    if idempotency_key.is_none() {
+        identity::authorize(workspace_id);
+        if let Some(row) = consume_fast(workspace_id, feature, quantity, fcinfo) {
+            return row;
+        }
+        return apply_authorized(workspace_id, feature, Some(quantity), None, Op::Consume);
+    }
     apply(workspace_id, feature, Some(quantity), idempotency_key, Op::Consume)
 }
 
@@ -159,4 +310,27 @@ fn usage_all(workspace_id: Option<Uuid>) -> SetOfIterator<'static, UsageResultRo
     let rows: Vec<UsageResultRow> =
         features.iter().map(|f| apply(workspace_id, f, None, None, Op::Read)).collect();
     SetOfIterator::new(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::threshold_uses;
+
+    #[test]
+    fn threshold_uses_are_the_lowest_uses_that_reach_each_threshold() {
+        assert_eq!(threshold_uses(Some(1000), &[80, 100]), Some(vec![800, 1000]));
+        // 80% of 3 is 2.4: a use of 2 is below it, 3 reaches it (and 100% too).
+        assert_eq!(threshold_uses(Some(3), &[80, 100]), Some(vec![3, 3]));
+        assert_eq!(threshold_uses(Some(10), &[1, 150]), Some(vec![1, 15]));
+        // Past bigint: clamped, so only a use of i64::MAX counts as reaching it (and takes the
+        // full path, which announces nothing).
+        assert_eq!(threshold_uses(Some(i64::MAX), &[1000]), Some(vec![i64::MAX]));
+    }
+
+    #[test]
+    fn nothing_to_announce_without_a_positive_limit_or_thresholds() {
+        assert_eq!(threshold_uses(None, &[80, 100]), None);
+        assert_eq!(threshold_uses(Some(0), &[80, 100]), None);
+        assert_eq!(threshold_uses(Some(1000), &[]), None);
+    }
 }

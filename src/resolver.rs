@@ -166,14 +166,18 @@ impl Decision {
 
 /// The rules, in order (README, "The decision"): the feature's rules, then its usage limit.
 pub fn decide(i: &Inputs) -> Decision {
-    let d = decide_access(i);
-    // 6. A metered or counted feature that passes the rules above is allowed only while
-    // used < limit.
-    match i.usage {
-        Some(Usage { used, limit: Some(limit) }) if d.enabled && used >= limit => {
-            Decision::deny(Reason::LimitExceeded, d.valid_until)
+    within_limit(decide_access(i), i.usage)
+}
+
+/// 6. A metered or counted feature that passes the rules above (`access`, rules 1 to 5) is
+/// allowed only while used < limit. Apart so that a cached `access` can be completed with the
+/// counter read now.
+pub fn within_limit(access: Decision, usage: Option<Usage>) -> Decision {
+    match usage {
+        Some(Usage { used, limit: Some(limit) }) if access.enabled && used >= limit => {
+            Decision::deny(Reason::LimitExceeded, access.valid_until)
         }
-        _ => d,
+        _ => access,
     }
 }
 

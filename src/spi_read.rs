@@ -1,5 +1,7 @@
-//! The SPI reads of the checks: one plan cache for them, safe against re-entry, and the two
-//! guarantees a shared decision cache needs from every read it is filled from.
+//! The SPI statements of the extension's hot paths: one plan cache for them, safe against
+//! re-entry, and the two guarantees a shared decision cache needs from every read it is filled
+//! from. (The writes here, `consume`'s counter statements, run with `Snapshot::OwnChanges`,
+//! the read-write path.)
 //! - Immune to the caller's `search_path`: plans are prepared and executed with it pinned
 //!   (`pgutil::with_pinned_search_path`), so an operator or function a caller plants in a
 //!   schema of their own can never take part in a decision that other roles then read.
@@ -26,7 +28,8 @@ pub struct Stmt {
 pub enum Snapshot {
     /// Read-only, under the active snapshot (what the caller pushed).
     Active,
-    /// This transaction's own view, including its uncommitted changes.
+    /// This transaction's own view, including its uncommitted changes; also the only mode a
+    /// statement that writes (`UPDATE ... RETURNING`) may run in.
     OwnChanges,
 }
 
@@ -143,7 +146,10 @@ pub fn query<R>(
                     limit,
                 )
             };
-            if status != pg_sys::SPI_OK_SELECT as i32 {
+            let returned_rows = status == pg_sys::SPI_OK_SELECT as i32
+                || (snapshot == Snapshot::OwnChanges
+                    && [pg_sys::SPI_OK_UPDATE_RETURNING, pg_sys::SPI_OK_INSERT_RETURNING].contains(&(status as u32)));
+            if !returned_rows {
                 crate::errors::internal(format!("SPI_execute_plan returned {status}"));
             }
             // SAFETY: SPI_tuptable describes the result of the statement just executed.

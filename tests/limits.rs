@@ -235,6 +235,51 @@ fn checks_say_limit_exceeded_once_used_reaches_the_limit_in_every_session() {
     assert_eq!(check(&mut other, &ws, "ccp-05"), (true, None));
 }
 
+/// `consume` and the checks keep a feature's limit in the decision cache: every change to what
+/// the limit is made of, committed by another session, must reach the next consume and check
+/// of a session whose cache already holds the old limit.
+#[test]
+fn a_limit_changed_in_another_session_applies_to_the_next_consume_and_check() {
+    let pg = Cluster::start("limits-cache");
+    let mut admin = pg.connect();
+    let mut app = pg.connect();
+    add_metered(&mut admin, "calls", "free", "month", true);
+    exec(&mut admin, "SELECT entitlements.set_feature_limit('calls', 'free', 10)");
+    exec(&mut admin, "SELECT entitlements.set_feature_limit('calls', 'pro', 20)");
+    let ws = new_workspace(&mut admin);
+    exec(&mut admin, &format!("SELECT entitlements.sync_billing_state({ws}, 'free', 'active')"));
+    // Twice: the first fills the cache, the second is served from it.
+    for used in [1, 2] {
+        assert_eq!(consume(&mut app, &ws, "calls", 1), (true, None, used, Some(10), Some(10 - used)));
+    }
+    // The tier's limit (feature_limits).
+    exec(&mut admin, "SELECT entitlements.set_feature_limit('calls', 'free', 3)");
+    assert_eq!(consume(&mut app, &ws, "calls", 1), (true, None, 3, Some(3), Some(0)));
+    assert_eq!(consume(&mut app, &ws, "calls", 1), (false, Some("LIMIT_EXCEEDED".into()), 3, Some(3), Some(0)));
+    assert!(!has(&mut app, &ws, "calls"));
+    // The workspace's own limit (limit_overrides), set and cleared.
+    exec(&mut admin, &format!("SELECT entitlements.set_limit_override({ws}, 'calls', 5)"));
+    assert!(has(&mut app, &ws, "calls"));
+    assert_eq!(consume(&mut app, &ws, "calls", 1), (true, None, 4, Some(5), Some(1)));
+    exec(&mut admin, &format!("SELECT entitlements.clear_limit_override({ws}, 'calls')"));
+    assert_eq!(consume(&mut app, &ws, "calls", 1), (false, Some("LIMIT_EXCEEDED".into()), 4, Some(3), Some(0)));
+    // A direct edit of the tables, as an admin may make.
+    exec(&mut admin, "UPDATE entitlements.feature_limits SET limit_value = NULL WHERE feature = 'calls' AND tier = 'free'");
+    assert_eq!(consume(&mut app, &ws, "calls", 1), (true, None, 5, None, None));
+    exec(&mut admin, &format!("INSERT INTO entitlements.limit_overrides (workspace_id, feature, limit_value) VALUES ({ws}, 'calls', 5)"));
+    assert_eq!(consume(&mut app, &ws, "calls", 1), (false, Some("LIMIT_EXCEEDED".into()), 5, Some(5), Some(0)));
+    exec(&mut admin, &format!("DELETE FROM entitlements.limit_overrides WHERE workspace_id = {ws}"));
+    exec(&mut admin, "UPDATE entitlements.feature_limits SET limit_value = 3 WHERE feature = 'calls' AND tier = 'free'");
+    // The tier (billing_state) and the feature's kind (the catalog).
+    exec(&mut admin, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'active')"));
+    assert_eq!(consume(&mut app, &ws, "calls", 1), (true, None, 6, Some(20), Some(14)));
+    exec(&mut admin, "UPDATE entitlements.features SET hard_limit = false WHERE feature = 'calls'");
+    exec(&mut admin, &format!("SELECT entitlements.sync_billing_state({ws}, 'free', 'active')"));
+    assert_eq!(consume(&mut app, &ws, "calls", 1), (true, None, 7, Some(3), Some(0)), "soft: past the limit");
+    exec(&mut admin, "UPDATE entitlements.features SET kind = 'boolean' WHERE feature = 'calls'");
+    assert_eq!(sqlstate(&mut app, &format!("SELECT entitlements.consume({ws}, 'calls')")), "22023");
+}
+
 #[test]
 fn a_soft_limit_lets_consume_past_it_and_shows_the_overage() {
     let pg = Cluster::start("limits-soft");

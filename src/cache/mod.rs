@@ -293,12 +293,21 @@ impl Reader {
         found
     }
 
-    /// Store a decision computed in this statement; returns the entry's TTL in seconds, or
-    /// `None` when it was not stored.
-    pub fn put(&self, key: &Key, enabled: bool, reason: Option<crate::resolver::Reason>, tier: &str, valid_until: Option<i64>) -> Option<i32> {
+    /// Store a decision computed in this statement (for a metered or counted feature: its
+    /// rules' decision, with its limit and period in `usage`); returns the entry's TTL in
+    /// seconds, or `None` when it was not stored.
+    pub fn put(
+        &self,
+        key: &Key,
+        enabled: bool,
+        reason: Option<crate::resolver::Reason>,
+        tier: &str,
+        valid_until: Option<i64>,
+        usage: Option<table::Allowance>,
+    ) -> Option<i32> {
         let now = self.validity.now;
         let expires_at = now.saturating_add(self.ttl_micros).min(valid_until.unwrap_or(i64::MAX));
-        let entry = Entry::new(enabled, reason, tier, now, expires_at)?;
+        let entry = Entry::new(enabled, reason, tier, now, expires_at)?.with_usage(usage);
         let p = key_partition(key);
         debug_assert_eq!(bucket_of(key.database, &key.workspace), self.bucket);
         let _lock = Locked::new(self.shared, p, pg_sys::LWLockMode::LW_EXCLUSIVE);
@@ -374,7 +383,8 @@ pub struct Listed {
     pub entry: Entry,
 }
 
-/// Live entries of this database.
+/// Live entries of this database: the decisions served as they are (an entry of a metered or
+/// counted feature holds its limit, and the decision needs the counter too, so it is left out).
 pub fn list() -> Vec<Listed> {
     let Some(shared) = shared() else { return Vec::new() };
     let db = database();
@@ -384,7 +394,7 @@ pub fn list() -> Vec<Listed> {
         let _lock = Locked::new(shared, p, pg_sys::LWLockMode::LW_SHARED);
         // SAFETY: shared lock held.
         for s in unsafe { &*partition_slots(shared, p) }.iter() {
-            if s.database == db && is_live(shared, s, &v) {
+            if s.database == db && s.usage_kind == 0 && is_live(shared, s, &v) {
                 out.push(Listed { workspace: s.workspace, feature: s.feature().to_owned(), entry: s.entry() });
             }
         }
@@ -429,5 +439,10 @@ impl Reader {
     /// The global epoch this reader read (catalog changes move it).
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The past-due grace decisions of this reader are computed with.
+    pub fn grace(&self) -> i64 {
+        self.validity.grace
     }
 }

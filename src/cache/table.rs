@@ -23,6 +23,12 @@ pub struct Slot {
     pub cached_at: i64,
     pub expires_at: i64,
     pub grace: i64,
+    /// `Allowance` of a metered or counted feature, as plain fields (all-zero: none): its
+    /// 64-bit fields here beside the others, its flags below with the bytes, so the slot
+    /// has no padding inside.
+    pub usage_limit: i64,
+    pub usage_period_start: i64,
+    pub usage_period_end: i64,
     pub database: u32,
     pub workspace: [u8; 16],
     pub feature_len: u8,
@@ -32,8 +38,29 @@ pub struct Slot {
     pub enabled: bool,
     /// `Reason::ordinal`, 0 for none.
     pub reason: u8,
+    /// 0: no allowance (a boolean feature), 1: metered, 2: counted.
+    pub usage_kind: u8,
+    pub usage_hard: bool,
+    pub usage_has_limit: bool,
+    pub usage_has_period_end: bool,
     /// Clock bit: set by readers (under a shared lock, hence atomic), cleared by the hand.
     pub referenced: AtomicU8,
+}
+
+/// What a metered or counted feature's entry holds besides its rules' decision: everything
+/// `consume` and the checks need of it except the counter itself (which changes with every
+/// consume, so it is never cached: docs/LIMITS.md). An entry holding one expires no later
+/// than its period ends, or its limit could change with the clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allowance {
+    /// `kind = 'metered'` (else counted).
+    pub metered: bool,
+    pub hard_limit: bool,
+    /// `None` = unlimited.
+    pub limit: Option<i64>,
+    /// The current period; `i64::MIN` (-infinity) for a period that never resets.
+    pub period_start: i64,
+    pub period_end: Option<i64>,
 }
 
 /// What identifies a cached decision.
@@ -53,6 +80,8 @@ pub struct Entry {
     pub tier_len: u8,
     pub cached_at: i64,
     pub expires_at: i64,
+    /// A metered or counted feature's limit and period; `None` for a boolean feature.
+    pub usage: Option<Allowance>,
 }
 
 impl Entry {
@@ -62,7 +91,11 @@ impl Entry {
         }
         let mut buf = [0u8; TIER_MAX];
         buf[..tier.len()].copy_from_slice(tier.as_bytes());
-        Some(Entry { enabled, reason, tier: buf, tier_len: tier.len() as u8, cached_at, expires_at })
+        Some(Entry { enabled, reason, tier: buf, tier_len: tier.len() as u8, cached_at, expires_at, usage: None })
+    }
+
+    pub fn with_usage(self, usage: Option<Allowance>) -> Entry {
+        Entry { usage, ..self }
     }
 
     pub fn tier(&self) -> &str {
@@ -104,6 +137,13 @@ impl Slot {
             tier_len: self.tier_len,
             cached_at: self.cached_at,
             expires_at: self.expires_at,
+            usage: (self.usage_kind != 0).then_some(Allowance {
+                metered: self.usage_kind == 1,
+                hard_limit: self.usage_hard,
+                limit: self.usage_has_limit.then_some(self.usage_limit),
+                period_start: self.usage_period_start,
+                period_end: self.usage_has_period_end.then_some(self.usage_period_end),
+            }),
         }
     }
 
@@ -241,6 +281,14 @@ pub fn insert_with(slots: &mut [Slot], key: &Key, entry: &Entry, v: &Validity, c
     s.tier = entry.tier;
     s.enabled = entry.enabled;
     s.reason = entry.reason.map_or(0, Reason::ordinal);
+    let u = entry.usage;
+    s.usage_kind = u.map_or(0, |u| if u.metered { 1 } else { 2 });
+    s.usage_hard = u.is_some_and(|u| u.hard_limit);
+    s.usage_has_limit = u.is_some_and(|u| u.limit.is_some());
+    s.usage_limit = u.and_then(|u| u.limit).unwrap_or(0);
+    s.usage_period_start = u.map_or(0, |u| u.period_start);
+    s.usage_has_period_end = u.is_some_and(|u| u.period_end.is_some());
+    s.usage_period_end = u.and_then(|u| u.period_end).unwrap_or(0);
     s.referenced.store(0, Ordering::Relaxed);
     if evicts { Inserted::Evicted } else { Inserted::Stored }
 }
@@ -275,6 +323,19 @@ mod tests {
         assert_eq!(lookup(&t, &key(1, "ccp-06"), &V), None);
         assert_eq!(lookup(&t, &key(2, "ccp-05"), &V), None);
         assert_eq!(lookup(&t, &Key { database: 6, ..key(1, "ccp-05") }, &V), None, "other database");
+    }
+
+    #[test]
+    fn a_limit_and_period_come_back_as_stored_and_a_boolean_slot_reused_has_none() {
+        let mut t = table(64);
+        let metered = Allowance { metered: true, hard_limit: false, limit: None, period_start: i64::MIN, period_end: None };
+        let counted = Allowance { metered: false, hard_limit: true, limit: Some(3), period_start: 100, period_end: Some(200) };
+        for a in [metered, counted] {
+            insert(&mut t, &key(1, "calls"), &entry(true, 2000).with_usage(Some(a)), &V);
+            assert_eq!(lookup(&t, &key(1, "calls"), &V).unwrap().usage, Some(a));
+        }
+        insert(&mut t, &key(1, "calls"), &entry(true, 2000), &V);
+        assert_eq!(lookup(&t, &key(1, "calls"), &V).unwrap().usage, None);
     }
 
     #[test]

@@ -15,9 +15,9 @@ thread_local! {
     /// This transaction changed an input table: bypass the cache until it ends.
     static DIRTY: Cell<bool> = const { Cell::new(false) };
     /// The input tables' OIDs in this database, once looked up.
-    static WATCHED: Cell<Option<[pg_sys::Oid; 6]>> = const { Cell::new(None) };
+    static WATCHED: Cell<Option<[pg_sys::Oid; 8]>> = const { Cell::new(None) };
     /// What they were before the last namespace change (a second look-up compares).
-    static PREVIOUS: Cell<Option<[pg_sys::Oid; 6]>> = const { Cell::new(None) };
+    static PREVIOUS: Cell<Option<[pg_sys::Oid; 8]>> = const { Cell::new(None) };
     /// How many times this backend has looked the tables up.
     static PREVIOUS_LOOKUPS: Cell<u32> = const { Cell::new(0) };
     /// What this transaction's commit invalidates: everything, or these buckets' workspaces.
@@ -113,8 +113,17 @@ pub(super) fn ensure_watched() -> bool {
         if ns == pg_sys::InvalidOid {
             return false;
         }
-        // stripe_feature_grants is missing (InvalidOid) in a schema older than the library.
-        [c"billing_state", c"overrides", c"features", c"tiers", c"workspace_members", c"stripe_feature_grants"]
+        // The tables newer than 0.1.0 are missing (InvalidOid) in a database not yet updated.
+        [
+            c"billing_state",
+            c"overrides",
+            c"features",
+            c"tiers",
+            c"workspace_members",
+            c"feature_limits",
+            c"limit_overrides",
+            c"stripe_feature_grants",
+        ]
             .map(|name| pg_sys::get_relname_relid(name.as_ptr(), ns))
     };
     WATCHED.with(|w| w.set(Some(oids)));
