@@ -15,7 +15,8 @@
 use crate::pgutil::{require, timestamptz};
 use crate::cache::table::Allowance;
 use crate::spi_read::{self, Snapshot, Stmt};
-use crate::{api, errors, identity};
+use crate::resolver::Reason;
+use crate::{api, audit, errors, identity};
 use pgrx::pg_sys::{self, BuiltinOid};
 use pgrx::prelude::*;
 use pgrx::Uuid;
@@ -266,17 +267,54 @@ fn consume(
     idempotency_key: default!(Option<&str>, "NULL"),
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> UsageResultRow {
+    let checked_at = crate::pgutil::now();
     let workspace_id = require(workspace_id, "workspace_id");
     let feature = require(feature, "feature");
     let quantity = require(quantity, "quantity");
     if idempotency_key.is_none() {
         identity::authorize(workspace_id);
         if let Some(row) = consume_fast(workspace_id, feature, quantity, fcinfo) {
+            // Taken on the short path: allowed, with the rules and the limit from the cache.
+            record(checked_at, workspace_id, feature, (true, None), true, quantity);
             return row;
         }
-        return apply_authorized(workspace_id, feature, Some(quantity), None, Op::Consume);
+        let row = apply_authorized(workspace_id, feature, Some(quantity), None, Op::Consume);
+        record(checked_at, workspace_id, feature, outcome(&row), false, quantity);
+        return row;
     }
-    apply(workspace_id, feature, Some(quantity), idempotency_key, Op::Consume)
+    let row = apply(workspace_id, feature, Some(quantity), idempotency_key, Op::Consume);
+    record(checked_at, workspace_id, feature, outcome(&row), false, quantity);
+    row
+}
+
+/// Record a consume or a refund in the audit trail as a check of the feature, with the units
+/// it asked to move (negative for a refund). Bad input never gets here: it raised before.
+fn record(checked_at: i64, workspace_id: Uuid, feature: &str, (allowed, reason): (bool, Option<Reason>), cached: bool, quantity: i64) {
+    audit::record(&audit::Check {
+        checked_at,
+        workspace_id: *workspace_id.as_bytes(),
+        feature,
+        enabled: allowed,
+        reason,
+        cached,
+        quantity: Some(quantity),
+    });
+}
+
+/// `allowed` and `reason` of a `usage_result`.
+fn outcome(row: &UsageResultRow) -> (bool, Option<Reason>) {
+    // SAFETY: the datum is a usage_result composite formed in this call (by usage_apply or by
+    // `taken`), whose header carries its row type; attributes 2 and 3 are allowed (bool) and
+    // reason (text), per sql/limits.sql.
+    unsafe {
+        let tuple = row.0.cast_mut_ptr::<pg_sys::HeapTupleHeaderData>();
+        let mut null = false;
+        let allowed = pg_sys::GetAttributeByNum(tuple, 2, &mut null);
+        let allowed = !null && bool::from_datum(allowed, false).unwrap_or(false);
+        let reason = pg_sys::GetAttributeByNum(tuple, 3, &mut null);
+        let reason = String::from_datum(reason, null).and_then(|code| Reason::from_code(&code));
+        (allowed, reason)
+    }
 }
 
 /// Give units back to the current period (never below 0).
@@ -287,10 +325,13 @@ fn refund(
     quantity: Option<i64>,
     idempotency_key: default!(Option<&str>, "NULL"),
 ) -> UsageResultRow {
+    let checked_at = crate::pgutil::now();
     let workspace_id = require(workspace_id, "workspace_id");
     let feature = require(feature, "feature");
     let quantity = require(quantity, "quantity");
-    apply(workspace_id, feature, Some(quantity), idempotency_key, Op::Refund)
+    let row = apply(workspace_id, feature, Some(quantity), idempotency_key, Op::Refund);
+    record(checked_at, workspace_id, feature, outcome(&row), false, quantity.saturating_neg());
+    row
 }
 
 /// The current period's usage of a metered or counted feature.

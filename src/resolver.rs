@@ -58,6 +58,11 @@ impl Reason {
     pub fn from_ordinal(n: u8) -> Option<Reason> {
         n.checked_sub(1).and_then(|i| Reason::ALL.get(i as usize).copied())
     }
+
+    /// The reason a code names (`code()`'s inverse).
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| r.code() == code)
+    }
 }
 
 /// Stripe's subscription statuses, plus `None` for "no subscription".

@@ -687,3 +687,51 @@ fn seats_follow_the_plan_through_workspace_members() {
     exec(&mut c, &format!("SELECT entitlements.add_member({ws}, 'carol')"));
     assert_eq!(usage(&mut c, &ws, "seats"), (true, None, 3, Some(5), Some(2)));
 }
+
+/// Every consume and refund is in the audit trail like a check, with the units it asked to
+/// move (negative for a refund); a refused consume is there too, with its reason; checks keep
+/// a NULL quantity. The rollups count them as checks.
+#[test]
+fn consumes_and_refunds_are_audited_with_their_quantity() {
+    let pg = Cluster::start("limits-audit");
+    let mut c = pg.connect();
+    add_metered(&mut c, "api_calls", "free", "month", true);
+    exec(&mut c, "SELECT entitlements.set_feature_limit('api_calls', 'free', 10)");
+    let ws = new_workspace(&mut c);
+    exec(&mut c, &format!("SELECT entitlements.register_workspace({ws})"));
+    // Twice through each path: the first consume fills the cache, the next ones use it.
+    assert!(consume(&mut c, &ws, "api_calls", 4).0);
+    assert!(consume(&mut c, &ws, "api_calls", 3).0);
+    exec(&mut c, &format!("SELECT entitlements.consume({ws}, 'api_calls', 1, 'key-1')"));
+    let refused = consume(&mut c, &ws, "api_calls", 5);
+    assert_eq!((refused.0, refused.1.as_deref()), (false, Some("LIMIT_EXCEEDED")));
+    exec(&mut c, &format!("SELECT entitlements.refund({ws}, 'api_calls', 2)"));
+    exec(&mut c, &format!("SELECT entitlements.entitlement_check({ws}, 'api_calls')"));
+    c.query_one("SELECT entitlements.flush_audit()", &[]).unwrap();
+    let rows: Vec<(bool, Option<String>, Option<i64>)> = c
+        .query(
+            &format!("SELECT result, reason, quantity FROM entitlements.entitlement_checks
+                       WHERE workspace_id = {ws} AND feature = 'api_calls' ORDER BY id"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (true, None, Some(4)),
+            (true, None, Some(3)),
+            (true, None, Some(1)),
+            (false, Some("LIMIT_EXCEEDED".to_owned()), Some(5)),
+            (true, None, Some(-2)),
+            (true, None, None),
+        ]
+    );
+    let rolled_up: i64 = c
+        .query_one(&format!("SELECT sum(checks)::bigint FROM entitlements.entitlement_check_rollups WHERE workspace_id = {ws}"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rolled_up, 6);
+}
