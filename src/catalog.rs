@@ -43,7 +43,7 @@ macro_rules! STRIPE_GRANT {
 }
 
 macro_rules! inputs_query {
-    ($grant:expr, $usage_columns:expr, $usage_join:expr, $now:expr, $usage_join_end:expr, $tail:expr) => {
+    ($grant:expr, $usage_columns:expr, $tail:expr) => {
         concat!(
             "SELECT f.feature, ft.level, coalesce(b.tier, 'free'), coalesce(t.level, 0),
                     coalesce(b.status, 'none'), b.trial_end, b.past_due_since, o.enabled, o.expires_at,
@@ -57,44 +57,22 @@ macro_rules! inputs_query {
                LEFT JOIN entitlements.billing_state b ON b.workspace_id = $1
                LEFT JOIN entitlements.tiers t ON t.tier = b.tier
                LEFT JOIN entitlements.overrides o ON o.workspace_id = $1 AND o.feature = f.feature ",
-            $usage_join,
-            $now,
-            $usage_join_end,
-            $tail
-        )
-    };
-    ($now:literal, $tail:literal) => {
-        // Usage is read for metered and counted features only: OFFSET 0 keeps the subquery
-        // apart, so its filter on the outer row is a one-time filter and boolean features never
-        // read usage. The clock comes as a parameter: a volatile argument would keep PostgreSQL
-        // from inlining usage_state, which then costs a plan per call. valid_until: the first
-        // instant the limit or the period could change with the clock alone (the period ends,
-        // a billing period that has not begun begins, a limit override expires).
-        inputs_query!(
-            STRIPE_GRANT!(),
-            "f.kind <> 'boolean', u.used, u.limit_value, f.kind = 'metered', f.hard_limit,
-             u.period_start, u.period_end, u.valid_until",
-            concat!(
-                "LEFT JOIN LATERAL (
-                     SELECT s.used, s.limit_value, s.period_start, s.period_end,
-                            least(s.period_end,
-                                  CASE WHEN b.current_period_start > ", $now, " THEN b.current_period_start END,
-                                  (SELECT lo.expires_at FROM entitlements.limit_overrides lo
-                                    WHERE lo.workspace_id = $1 AND lo.feature = f.feature
-                                      AND lo.expires_at > ", $now, ")) AS valid_until
-                       FROM entitlements.usage_state($1, f.feature, "
-            ),
-            $now,
-            ") s
-                                 WHERE f.kind <> 'boolean' OFFSET 0) u ON true ",
             $tail
         )
     };
 }
 
-/// The same reads without usage: for a database whose schema predates usage limits and
-/// Stripe grants (a library already replaced, `ALTER EXTENSION ... UPDATE` not yet run: every
-/// feature is boolean there, nothing is granted by Stripe).
+/// The usage columns of the checks' reads: whether the feature has usage (metered or
+/// counted), whether it is metered and hard, the rest NULL. Its usage is read apart
+/// (`USAGE`), for those features only: planning `usage_state` into every read would make
+/// each uncached boolean check initialise that plan too, for nothing.
+macro_rules! KIND_ONLY {
+    () => {
+        "f.kind <> 'boolean', NULL::bigint, NULL::bigint, f.kind = 'metered', f.hard_limit,
+         NULL::timestamptz, NULL::timestamptz, NULL::timestamptz"
+    };
+}
+
 /// The usage columns of a query that reads no usage.
 macro_rules! NO_USAGE {
     () => {
@@ -103,19 +81,40 @@ macro_rules! NO_USAGE {
     };
 }
 
+/// The same reads without usage: for a database whose schema predates usage limits and
+/// Stripe grants (a library already replaced, `ALTER EXTENSION ... UPDATE` not yet run: every
+/// feature is boolean there, nothing is granted by Stripe).
 macro_rules! inputs_query_before_limits {
     ($tail:literal) => {
-        inputs_query!("false", NO_USAGE!(), "", "", "", $tail)
+        inputs_query!("false", NO_USAGE!(), $tail)
     };
 }
 
-static ONE_FEATURE: Stmt =
-    Stmt { sql: inputs_query!("$3", "WHERE f.feature = $2"), args: &[UUID, TEXT, TIMESTAMPTZ] };
-static ALL_FEATURES: Stmt =
-    Stmt { sql: inputs_query!("$2", "ORDER BY ft.level, f.feature"), args: &[UUID, TIMESTAMPTZ] };
+static ONE_FEATURE: Stmt = Stmt {
+    sql: inputs_query!(STRIPE_GRANT!(), KIND_ONLY!(), "WHERE f.feature = $2"),
+    args: &[UUID, TEXT],
+};
+static ALL_FEATURES: Stmt = Stmt {
+    sql: inputs_query!(STRIPE_GRANT!(), KIND_ONLY!(), "ORDER BY ft.level, f.feature"),
+    args: &[UUID],
+};
+/// A metered or counted feature's usage and limit, and until when they hold with the clock
+/// alone (the period ends, a billing period that has not begun begins, a limit override
+/// expires). The clock comes as a parameter: a volatile argument would keep PostgreSQL from
+/// inlining usage_state, which then costs a plan per call.
+static USAGE: Stmt = Stmt {
+    sql: "SELECT s.used, s.limit_value, s.period_start, s.period_end,
+                 least(s.period_end,
+                       (SELECT b.current_period_start FROM entitlements.billing_state b
+                         WHERE b.workspace_id = $1 AND b.current_period_start > $3),
+                       (SELECT lo.expires_at FROM entitlements.limit_overrides lo
+                         WHERE lo.workspace_id = $1 AND lo.feature = $2 AND lo.expires_at > $3))
+            FROM entitlements.usage_state($1, $2, $3) s",
+    args: &[UUID, TEXT, TIMESTAMPTZ],
+};
 /// One feature's rules without its usage, for `consume`, which reads usage itself.
 static ONE_FEATURE_ACCESS: Stmt = Stmt {
-    sql: inputs_query!(STRIPE_GRANT!(), NO_USAGE!(), "", "", "", "WHERE f.feature = $2"),
+    sql: inputs_query!(STRIPE_GRANT!(), NO_USAGE!(), "WHERE f.feature = $2"),
     args: &[UUID, TEXT],
 };
 static ONE_FEATURE_BEFORE_LIMITS: Stmt =
@@ -195,8 +194,33 @@ pub fn feature_inputs(workspace_id: pgrx::Uuid, feature: &str, snapshot: Snapsho
         let args = [workspace_id.into(), feature.into()];
         return spi_read::query(&ONE_FEATURE_BEFORE_LIMITS, &args, snapshot, 1, feature_inputs_of).pop();
     }
-    let args = [workspace_id.into(), feature.into(), crate::pgutil::timestamptz(crate::pgutil::now()).into()];
-    spi_read::query(&ONE_FEATURE, &args, snapshot, 1, feature_inputs_of).pop()
+    let args = [workspace_id.into(), feature.into()];
+    let mut inputs = spi_read::query(&ONE_FEATURE, &args, snapshot, 1, feature_inputs_of).pop()?;
+    read_usage(workspace_id, &mut inputs, snapshot);
+    Some(inputs)
+}
+
+/// Fill in a metered or counted feature's usage, limit and period (its base read left them
+/// out), under the same snapshot.
+fn read_usage(workspace_id: pgrx::Uuid, inputs: &mut FeatureInputs, snapshot: Snapshot) {
+    let Some((allowance, _)) = inputs.allowance.as_mut() else { return };
+    let now = crate::pgutil::timestamptz(crate::pgutil::now());
+    let args = [workspace_id.into(), inputs.feature.as_str().into(), now.into()];
+    let row = spi_read::query(&USAGE, &args, snapshot, 1, |r| {
+        let at = |n| r.get::<TimestampWithTimeZone>(n).map(i64::from);
+        (r.get::<i64>(1).unwrap_or(0), r.get::<i64>(2), at(3), at(4), at(5))
+    })
+    .pop();
+    // The feature row was read under this snapshot, so usage_state has its row; were it
+    // missing, the allowance is 0, never unlimited.
+    let (used, limit, period_start, period_end, valid_until) = row.unwrap_or((0, Some(0), None, None, None));
+    allowance.limit = limit;
+    allowance.period_start = period_start.unwrap_or(i64::MIN);
+    allowance.period_end = period_end;
+    inputs.usage = Some(Usage { used, limit });
+    if let Some(a) = inputs.allowance.as_mut() {
+        a.1 = valid_until;
+    }
 }
 
 /// The inputs for one feature without its usage (`usage` is `None`): what `consume` decides
@@ -211,8 +235,11 @@ pub fn all_feature_inputs(workspace_id: pgrx::Uuid, snapshot: Snapshot) -> Vec<F
     if !schema_has_limits() {
         return spi_read::query(&ALL_FEATURES_BEFORE_LIMITS, &[workspace_id.into()], snapshot, 0, feature_inputs_of);
     }
-    let args = [workspace_id.into(), crate::pgutil::timestamptz(crate::pgutil::now()).into()];
-    spi_read::query(&ALL_FEATURES, &args, snapshot, 0, feature_inputs_of)
+    let mut all = spi_read::query(&ALL_FEATURES, &[workspace_id.into()], snapshot, 0, feature_inputs_of);
+    for inputs in &mut all {
+        read_usage(workspace_id, inputs, snapshot);
+    }
+    all
 }
 
 static COUNTER: Stmt = Stmt {
