@@ -196,15 +196,15 @@ pub fn feature_inputs(workspace_id: pgrx::Uuid, feature: &str, snapshot: Snapsho
     }
     let args = [workspace_id.into(), feature.into()];
     let mut inputs = spi_read::query(&ONE_FEATURE, &args, snapshot, 1, feature_inputs_of).pop()?;
-    read_usage(workspace_id, &mut inputs, snapshot);
+    read_usage(workspace_id, &mut inputs, snapshot, crate::pgutil::now());
     Some(inputs)
 }
 
 /// Fill in a metered or counted feature's usage, limit and period (its base read left them
 /// out), under the same snapshot.
-fn read_usage(workspace_id: pgrx::Uuid, inputs: &mut FeatureInputs, snapshot: Snapshot) {
+fn read_usage(workspace_id: pgrx::Uuid, inputs: &mut FeatureInputs, snapshot: Snapshot, now: i64) {
     let Some((allowance, _)) = inputs.allowance.as_mut() else { return };
-    let now = crate::pgutil::timestamptz(crate::pgutil::now());
+    let now = crate::pgutil::timestamptz(now);
     let args = [workspace_id.into(), inputs.feature.as_str().into(), now.into()];
     let row = spi_read::query(&USAGE, &args, snapshot, 1, |r| {
         let at = |n| r.get::<TimestampWithTimeZone>(n).map(i64::from);
@@ -236,8 +236,10 @@ pub fn all_feature_inputs(workspace_id: pgrx::Uuid, snapshot: Snapshot) -> Vec<F
         return spi_read::query(&ALL_FEATURES_BEFORE_LIMITS, &[workspace_id.into()], snapshot, 0, feature_inputs_of);
     }
     let mut all = spi_read::query(&ALL_FEATURES, &[workspace_id.into()], snapshot, 0, feature_inputs_of);
+    // One clock for every feature of the workspace, as one statement had.
+    let now = crate::pgutil::now();
     for inputs in &mut all {
-        read_usage(workspace_id, inputs, snapshot);
+        read_usage(workspace_id, inputs, snapshot, now);
     }
     all
 }
