@@ -45,56 +45,46 @@ pub struct Group<'a> {
 
 type Key<'a> = ([u8; 16], Option<&'a str>, i64, bool, bool, u8);
 
-/// The groups of `rows`, in the order each group first appears.
-pub fn aggregate(rows: &[Record]) -> Vec<Group<'_>> {
-    let mut index: HashMap<Key<'_>, usize> = HashMap::new();
-    let mut groups: Vec<Group<'_>> = Vec::new();
-    for r in rows {
-        let key = (r.workspace_id, r.feature.get(), hour_of(r.checked_at), r.result, r.cached, r.reason);
+/// Groups with equal keys (workspace, feature, start, result, cached, reason) merged into
+/// one: their checks added, the last of them kept; in the order each key first appears.
+fn merge<'a>(groups: impl Iterator<Item = Group<'a>>) -> Vec<Group<'a>> {
+    let mut index: HashMap<Key<'a>, usize> = HashMap::new();
+    let mut merged: Vec<Group<'a>> = Vec::new();
+    for g in groups {
+        let key = (g.workspace_id, g.feature, g.start, g.result, g.cached, g.reason);
         match index.get(&key) {
             Some(&i) => {
-                let g = &mut groups[i];
-                g.checks += 1;
-                g.last_checked_at = g.last_checked_at.max(r.checked_at);
+                let m = &mut merged[i];
+                m.checks += g.checks;
+                m.last_checked_at = m.last_checked_at.max(g.last_checked_at);
             }
             None => {
-                index.insert(key, groups.len());
-                groups.push(Group {
-                    workspace_id: key.0,
-                    feature: key.1,
-                    start: key.2,
-                    result: key.3,
-                    cached: key.4,
-                    reason: key.5,
-                    checks: 1,
-                    last_checked_at: r.checked_at,
-                });
+                index.insert(key, merged.len());
+                merged.push(g);
             }
         }
     }
-    groups
+    merged
+}
+
+/// The hour groups of `rows`, in the order each group first appears.
+pub fn aggregate(rows: &[Record]) -> Vec<Group<'_>> {
+    merge(rows.iter().map(|r| Group {
+        workspace_id: r.workspace_id,
+        feature: r.feature.get(),
+        start: hour_of(r.checked_at),
+        result: r.result,
+        cached: r.cached,
+        reason: r.reason,
+        checks: 1,
+        last_checked_at: r.checked_at,
+    }))
 }
 
 /// The day groups of hour groups: the same counts by (workspace, UTC day, result, cached,
 /// reason), across features.
 pub fn days<'a>(hours: &[Group<'a>]) -> Vec<Group<'a>> {
-    let mut index: HashMap<([u8; 16], i64, bool, bool, u8), usize> = HashMap::new();
-    let mut days: Vec<Group<'a>> = Vec::new();
-    for h in hours {
-        let key = (h.workspace_id, day_of(h.start), h.result, h.cached, h.reason);
-        match index.get(&key) {
-            Some(&i) => {
-                let d = &mut days[i];
-                d.checks += h.checks;
-                d.last_checked_at = d.last_checked_at.max(h.last_checked_at);
-            }
-            None => {
-                index.insert(key, days.len());
-                days.push(Group { feature: None, start: key.1, ..h.clone() });
-            }
-        }
-    }
-    days
+    merge(hours.iter().map(|h| Group { feature: None, start: day_of(h.start), ..h.clone() }))
 }
 
 #[cfg(test)]

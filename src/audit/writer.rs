@@ -580,7 +580,6 @@ fn insert(rows: &[Record], shape: Shape) {
     let workspace: Vec<pgrx::Uuid> = rows.iter().map(|r| pgrx::Uuid::from_bytes(r.workspace_id)).collect();
     let text = |f: fn(&Record) -> Option<&str>| -> Vec<Option<&str>> { rows.iter().map(f).collect() };
     let result: Vec<bool> = rows.iter().map(|r| r.result).collect();
-    let reason = |ordinal: u8| Reason::from_ordinal(ordinal).map(Reason::code);
     let cached: Vec<bool> = rows.iter().map(|r| r.cached).collect();
     let mut args: Vec<DatumWithOid> = vec![
         checked_at.into(),
@@ -614,10 +613,14 @@ fn insert(rows: &[Record], shape: Shape) {
     }
 }
 
+/// The code a record stores for its reason ordinal (none for 0).
+fn reason(ordinal: u8) -> Option<&'static str> {
+    Reason::from_ordinal(ordinal).map(Reason::code)
+}
+
 /// The arrays of ROLLUP (or, without the features, of DAILY).
 fn group_args<'a>(groups: &'a [super::rollup::Group<'a>], with_feature: bool) -> Vec<DatumWithOid<'a>> {
     let ts = |t: i64| crate::pgutil::timestamptz(t);
-    let reason = |ordinal: u8| Reason::from_ordinal(ordinal).map(Reason::code);
     let mut args: Vec<DatumWithOid> = vec![
         groups.iter().map(|g| pgrx::Uuid::from_bytes(g.workspace_id)).collect::<Vec<_>>().into(),
         groups.iter().map(|g| ts(g.start)).collect::<Vec<_>>().into(),
