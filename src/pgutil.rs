@@ -36,6 +36,52 @@ pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
     with_setting(c"search_path", PINNED_SEARCH_PATH, f)
 }
 
+/// Run `f` with name lookups confined to `pg_catalog` (relations, functions, operators, types),
+/// as the hot paths' statements need (every other name they use is qualified): PostgreSQL's
+/// override search path, pushed and popped around `f`. It has the effect of
+/// [`with_pinned_search_path`] on what the statements resolve (temporary relations are not
+/// searched at all) without the `search_path` setting's save, parse and restore, and without
+/// making the caller's own path be computed again afterwards. The plans prepared and run under
+/// it record this path, so they stay valid from call to call. An ERROR inside `f` aborts the
+/// (sub)transaction, which pops the override itself.
+pub fn with_catalog_lookups<R>(f: impl FnOnce() -> R) -> R {
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                // SAFETY: pops exactly the override pushed below.
+                unsafe { pg_sys::PopOverrideSearchPath() };
+            }
+        }
+    }
+    let mut path = pg_sys::OverrideSearchPath {
+        schemas: CATALOG_ONLY.with(|l| {
+            *l.get_or_init(|| {
+                // SAFETY: a one-element list made once per backend in TopMemoryContext,
+                // which lives as long as the backend.
+                unsafe {
+                    let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+                    let list = pg_sys::lappend_oid(std::ptr::null_mut(), pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE));
+                    pg_sys::MemoryContextSwitchTo(old);
+                    list
+                }
+            })
+        }),
+        addCatalog: false,
+        addTemp: false,
+        generation: 0,
+    };
+    // SAFETY: inside a transaction; PushOverrideSearchPath copies the path (and its list) into
+    // its own memory, so the local struct may go when this returns.
+    unsafe { pg_sys::PushOverrideSearchPath(&mut path) };
+    let _pop = Pop;
+    f()
+}
+
+thread_local! {
+    static CATALOG_ONLY: std::cell::OnceCell<*mut pg_sys::List> = const { std::cell::OnceCell::new() };
+}
+
 /// Run `f` with the setting `name` at `value`, restored afterwards: the GUC nest level a
 /// function's `SET` clause uses. An ERROR inside `f` aborts the (sub)transaction, which
 /// restores the setting itself.

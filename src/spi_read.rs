@@ -2,9 +2,10 @@
 //! re-entry, and the two guarantees a shared decision cache needs from every read it is filled
 //! from. (The writes here, `consume`'s counter statements, run with `Snapshot::OwnChanges`,
 //! the read-write path.)
-//! - Immune to the caller's `search_path`: plans are prepared and executed with it pinned
-//!   (`pgutil::with_pinned_search_path`), so an operator or function a caller plants in a
-//!   schema of their own can never take part in a decision that other roles then read.
+//! - Immune to the caller's `search_path`: plans are prepared and executed with name lookups
+//!   confined to `pg_catalog` (`pgutil::with_catalog_lookups`), so an operator or function a
+//!   caller plants in a schema of their own can never take part in a decision that other roles
+//!   then read.
 //! - Under the snapshot the caller chose: `Snapshot::Active` executes read-only, with the
 //!   snapshot on top of the active-snapshot stack (the cache pushes the latest committed one;
 //!   see `cache::read_decision_inputs`), whatever the transaction's isolation level or whether it holds
@@ -124,7 +125,7 @@ pub fn query<R>(
     limit: i64,
     mut read: impl FnMut(&Row) -> R,
 ) -> Vec<R> {
-    pgutil::with_pinned_search_path(|| {
+    pgutil::with_catalog_lookups(|| {
         let result: Result<Vec<R>, pgrx::spi::SpiError> = Spi::connect(|_client| {
             let plan = plan(stmt);
             let (mut values, mut nulls): (Vec<pg_sys::Datum>, Vec<std::ffi::c_char>) = args

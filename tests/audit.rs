@@ -119,6 +119,39 @@ fn user_agent_and_ip_come_from_settings_else_the_connection() {
 }
 
 #[test]
+fn addresses_of_every_form_are_stored_as_postgresql_reads_them() {
+    // The writer hands rows to PostgreSQL in inet's binary form: each address must come back
+    // exactly as PostgreSQL's own parser reads its text.
+    let pg = audited("audit-inet");
+    let mut c = pg.connect();
+    let ws = new_workspace(&mut c);
+    let forms = ["203.0.113.7", "10.1.2.0/24", "0.0.0.0/0", "::1", "2001:db8::/32", "::ffff:1.2.3.4", "fe80::1:2:3:4/64"];
+    for form in forms {
+        exec(&mut c, &format!("SET pg_entitlements.client_ip = '{form}'"));
+        check(&mut c, &ws, "ccp-01");
+    }
+    flush(&mut c);
+    let stored: Vec<(String, String)> = c
+        .query(
+            &format!(
+                "SELECT ip_address::text, connection_addr::text FROM entitlements.entitlement_checks
+                  WHERE workspace_id = {ws} ORDER BY id"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected: Vec<String> = forms
+        .iter()
+        .map(|f| c.query_one(&format!("SELECT '{f}'::inet::text"), &[]).unwrap().get(0))
+        .collect();
+    assert_eq!(stored.iter().map(|(ip, _)| ip.clone()).collect::<Vec<_>>(), expected);
+    assert!(stored.iter().all(|(_, conn)| conn == "127.0.0.1/32" || conn == "127.0.0.1"), "{stored:?}");
+}
+
+#[test]
 fn a_cached_check_is_recorded_at_the_time_of_the_check_not_of_its_decision() {
     let pg = audited("audit-time");
     let mut c = pg.connect();

@@ -5,6 +5,7 @@
 //! The table, its append-only guard, policies and views are in sql/audit.sql; docs/AUDIT.md
 //! describes the design for DBAs.
 
+mod copy;
 mod queue;
 pub mod record;
 mod rollup;

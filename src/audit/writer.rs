@@ -1,10 +1,10 @@
 //! The audit writers: one dynamic background worker per database with audited checks,
 //! started by that database's first check, that stores its database's records from the
-//! queue into `entitlements.entitlement_checks`, one INSERT of a whole batch per transaction,
-//! in its own transactions (so the callers' rollbacks and read-only transactions do not
-//! matter). Postgres restarts a writer a second after it is terminated or fails; a writer
-//! leaves by itself when its database has had no records for a while, loses the extension,
-//! or is being dropped.
+//! queue into `entitlements.entitlement_checks`, a whole batch per transaction through the bulk
+//! path COPY uses (`copy`), in its own transactions (so the callers' rollbacks and read-only
+//! transactions do not matter). Postgres restarts a writer a second after it is terminated or
+//! fails; a writer leaves by itself when its database has had no records for a while, loses
+//! the extension, or is being dropped.
 //!
 //! It connects as the bootstrap superuser (a background worker cannot log in as a NOLOGIN
 //! role on PostgreSQL 15), but stores rows as the role `entitlements_audit_writer`, which may
@@ -24,8 +24,10 @@ use std::time::Duration;
 /// How often the writer looks at the queue when nobody wakes it: the bound on how long a
 /// record waits under normal load.
 const TICK: Duration = Duration::from_millis(200);
-/// Rows per INSERT (and per transaction).
-const BATCH: usize = 4096;
+/// Rows per COPY (and per transaction): about what a busy database queues between two ticks,
+/// so that the fixed cost of a batch (its transaction, the COPY's set-up, the rollups'
+/// statements) is shared by many rows.
+const BATCH: usize = 16384;
 /// A batch whose INSERT failed this many times for a reason other than its data (each
 /// failure ends the worker, which restarts) is dropped and counted, so nothing can stop the
 /// audit for good.
@@ -45,16 +47,6 @@ SELECT pg_catalog.unnest($1::pg_catalog.timestamptz[]), pg_catalog.unnest($2::pg
        pg_catalog.unnest($7::pg_catalog.bool[]), pg_catalog.unnest($8::pg_catalog.text[]),
        pg_catalog.unnest($9::pg_catalog.inet[])";
 
-const INSERT: &str = "
-INSERT INTO entitlements.entitlement_checks
-       (checked_at, workspace_id, user_id, feature, result, reason, cached, user_agent,
-        ip_address, session_role, connection_addr, quantity)
-SELECT pg_catalog.unnest($1::pg_catalog.timestamptz[]), pg_catalog.unnest($2::pg_catalog.uuid[]),
-       pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]),
-       pg_catalog.unnest($5::pg_catalog.bool[]), pg_catalog.unnest($6::pg_catalog.text[]),
-       pg_catalog.unnest($7::pg_catalog.bool[]), pg_catalog.unnest($8::pg_catalog.text[]),
-       pg_catalog.unnest($9::pg_catalog.inet[]), pg_catalog.unnest($10::pg_catalog.text[]),
-       pg_catalog.unnest($11::pg_catalog.inet[]), pg_catalog.unnest($12::pg_catalog.int8[])";
 /// The batch's hour groups (counted by `rollup::aggregate`, one row each, so no two rows of
 /// the statement meet the same rollup row) added to the rollups.
 const ROLLUP: &str = "
@@ -85,13 +77,6 @@ const TIMESTAMPTZ_ARRAY: PgOid = PgOid::BuiltIn(BuiltinOid::TIMESTAMPTZARRAYOID)
 const UUID_ARRAY: PgOid = PgOid::BuiltIn(BuiltinOid::UUIDARRAYOID);
 const BOOL_ARRAY: PgOid = PgOid::BuiltIn(BuiltinOid::BOOLARRAYOID);
 
-static INSERT_STMT: Stmt = Stmt {
-    sql: INSERT,
-    args: &[
-        TIMESTAMPTZ_ARRAY, UUID_ARRAY, TEXT_ARRAY, TEXT_ARRAY, BOOL_ARRAY, TEXT_ARRAY, BOOL_ARRAY,
-        TEXT_ARRAY, TEXT_ARRAY, TEXT_ARRAY, TEXT_ARRAY, INT8_ARRAY,
-    ],
-};
 static INSERT_0_1_STMT: Stmt = Stmt {
     sql: INSERT_0_1,
     args: &[TIMESTAMPTZ_ARRAY, UUID_ARRAY, TEXT_ARRAY, TEXT_ARRAY, BOOL_ARRAY, TEXT_ARRAY, BOOL_ARRAY, TEXT_ARRAY, TEXT_ARRAY],
@@ -271,7 +256,13 @@ fn drain(slot: usize, db: u32, batch: &mut Vec<Record>) -> Drained {
         if batch.is_empty() {
             return out;
         }
-        let rows: Vec<Record> = batch.iter().filter(|r| r.database_oid == db).copied().collect();
+        // Usually every record is ours (one database): then the batch is used as it is.
+        let ours = |r: &Record| r.database_oid == db;
+        let rows: std::borrow::Cow<[Record]> = if batch.iter().all(ours) {
+            std::borrow::Cow::Borrowed(&batch[..])
+        } else {
+            std::borrow::Cow::Owned(batch.iter().filter(|r| ours(r)).copied().collect())
+        };
         let (written, dropped, cause) = if rows.is_empty() {
             (0, 0, queue::Cause::NoWriter)
         } else if queue::note_attempt(slot) > MAX_ATTEMPTS {
@@ -355,18 +346,7 @@ unsafe extern "C-unwind" fn process_utility(
 /// any other failure is an ERROR: the worker exits, the batch stays queued and the restarted
 /// worker retries it (MAX_ATTEMPTS times).
 fn write(rows: &[Record]) -> Option<u64> {
-    // Syscache lookups rather than a statement parsed and planned for every batch.
-    // SAFETY: catalog lookups inside the transaction; missing_ok, InvalidOid when absent.
-    let table = unsafe {
-        let schema = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
-        if schema == pg_sys::InvalidOid {
-            return None;
-        }
-        pg_sys::get_relname_relid(c"entitlement_checks".as_ptr(), schema)
-    };
-    if table == pg_sys::InvalidOid {
-        return None;
-    }
+    let table = trail_oid()?;
     // SAFETY: syscache lookups inside the transaction; missing_ok / InvalidAttrNumber.
     let (shape, role) = unsafe {
         let current = pg_sys::get_attnum(table, c"connection_addr".as_ptr()) != pg_sys::InvalidAttrNumber as i16;
@@ -505,6 +485,20 @@ fn in_subtransaction<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, Stri
     subtransaction(f).map_err(|e| e.message())
 }
 
+/// `entitlements.entitlement_checks`, None when the extension is not installed. Syscache
+/// lookups rather than a statement parsed and planned for every batch.
+fn trail_oid() -> Option<pg_sys::Oid> {
+    // SAFETY: catalog lookups inside the transaction; missing_ok, InvalidOid when absent.
+    let table = unsafe {
+        let schema = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
+        if schema == pg_sys::InvalidOid {
+            return None;
+        }
+        pg_sys::get_relname_relid(c"entitlement_checks".as_ptr(), schema)
+    };
+    (table != pg_sys::InvalidOid).then_some(table)
+}
+
 /// Which INSERT the database's audit table takes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Shape {
@@ -575,13 +569,98 @@ fn try_insert(rows: &[Record], shape: Shape) -> Result<(), String> {
 }
 
 fn insert(rows: &[Record], shape: Shape) {
+    match shape {
+        Shape::Current => {
+            copy_rows(rows);
+            // In the COPY's subtransaction: rows refused and rolled back are not counted.
+            let hours = super::rollup::aggregate(rows);
+            let days = super::rollup::days(&hours);
+            spi_write::run(&ROLLUP_STMT, &group_args(&hours, true), |_| Ok(()));
+            spi_write::run(&DAILY_STMT, &group_args(&days, false), |_| Ok(()));
+        }
+        Shape::V0_1 => insert_0_1(rows),
+    }
+}
+
+thread_local! {
+    /// The binary COPY stream of the batch being stored and how far PostgreSQL has read it;
+    /// kept for the writer's life, so a batch costs no allocation.
+    static COPY_STREAM: std::cell::RefCell<(Vec<u8>, usize)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
+}
+
+/// COPY's data source: the next bytes of COPY_STREAM (0 at its end).
+#[pg_guard]
+unsafe extern "C-unwind" fn read_copy_stream(outbuf: *mut std::ffi::c_void, _minread: i32, maxread: i32) -> i32 {
+    COPY_STREAM.with(|s| {
+        let mut s = s.borrow_mut();
+        let (stream, read) = &mut *s;
+        let n = (stream.len() - *read).min(maxread.max(0) as usize);
+        // SAFETY: COPY passes a buffer of at least maxread bytes; n <= maxread and n bytes
+        // remain in the stream from `read`.
+        unsafe { std::ptr::copy_nonoverlapping(stream.as_ptr().add(*read), outbuf.cast::<u8>(), n) };
+        *read += n;
+        n as i32
+    })
+}
+
+/// Store `rows` through PostgreSQL's COPY FROM machinery (BeginCopyFrom with a data source,
+/// then CopyFrom): the bulk path that routes each row to its day partition, fills its
+/// defaults (the identity), runs the table's statement triggers (the append-only guard, which
+/// admits the writer) and inserts the rows a page at a time with their index entries. As
+/// `COPY` does, and unlike a COPY statement, it checks no privileges and applies no policy:
+/// the writer is the trail's one producer, and it runs as the writer role all the same.
+fn copy_rows(rows: &[Record]) {
+    COPY_STREAM.with(|s| {
+        let mut s = s.borrow_mut();
+        super::copy::encode(rows, reason, &mut s.0);
+        s.1 = 0;
+    });
+    let table = trail_oid().unwrap_or_else(|| crate::errors::internal("the audit table disappeared"));
+    let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    // SAFETY: inside the batch's (sub)transaction. The relation is opened and locked as an
+    // INSERT would; the parse state carries its range-table entry, which CopyFrom's executor
+    // state is built from. The column and option lists are palloc'd nodes in the current
+    // context. A snapshot is active while the statement trigger runs. An ERROR anywhere rolls
+    // back the subtransaction, which releases the lock, the snapshot and the memory.
+    unsafe {
+        let rel = pg_sys::table_open(table, lock);
+        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+        pg_sys::addRangeTableEntryForRelation(pstate, rel, lock, std::ptr::null_mut(), false, false);
+        let mut columns: *mut pg_sys::List = std::ptr::null_mut();
+        for column in super::copy::COLUMNS {
+            columns = pg_sys::lappend(columns, pg_sys::makeString(pg_sys::pstrdup(column.as_ptr())).cast());
+        }
+        let binary = pg_sys::makeString(pg_sys::pstrdup(c"binary".as_ptr()));
+        let format = pg_sys::makeDefElem(pg_sys::pstrdup(c"format".as_ptr()), binary.cast(), -1);
+        let options = pg_sys::lappend(std::ptr::null_mut(), format.cast());
+        let cstate = pg_sys::BeginCopyFrom(
+            pstate,
+            rel,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            false,
+            Some(read_copy_stream),
+            columns,
+            options,
+        );
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        pg_sys::CopyFrom(cstate);
+        pg_sys::PopActiveSnapshot();
+        pg_sys::EndCopyFrom(cstate);
+        pg_sys::free_parsestate(pstate);
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+}
+
+/// The 0.1.0 table, until ALTER EXTENSION ... UPDATE: one INSERT of the batch's arrays.
+fn insert_0_1(rows: &[Record]) {
     let checked_at: Vec<TimestampWithTimeZone> =
         rows.iter().map(|r| crate::pgutil::timestamptz(r.checked_at)).collect();
     let workspace: Vec<pgrx::Uuid> = rows.iter().map(|r| pgrx::Uuid::from_bytes(r.workspace_id)).collect();
     let text = |f: fn(&Record) -> Option<&str>| -> Vec<Option<&str>> { rows.iter().map(f).collect() };
     let result: Vec<bool> = rows.iter().map(|r| r.result).collect();
     let cached: Vec<bool> = rows.iter().map(|r| r.cached).collect();
-    let mut args: Vec<DatumWithOid> = vec![
+    let args: Vec<DatumWithOid> = vec![
         checked_at.into(),
         workspace.into(),
         text(|r| r.user_id.get()).into(),
@@ -591,26 +670,8 @@ fn insert(rows: &[Record], shape: Shape) {
         cached.into(),
         text(|r| r.user_agent.get()).into(),
         text(|r| r.ip_address.get()).into(),
-        text(|r| r.session_role.get()).into(),
-        text(|r| r.connection_addr.get()).into(),
-        rows.iter().map(|r| r.quantity.get()).collect::<Vec<_>>().into(),
     ];
-    // The statements are planned once for the writer's life by the one plan cache of
-    // statements that write (re-planned by PostgreSQL itself if the table changes; if the
-    // extension is dropped, the next execution fails and the worker restarts).
-    let stmt = match shape {
-        Shape::Current => &INSERT_STMT,
-        Shape::V0_1 => &INSERT_0_1_STMT,
-    };
-    args.truncate(stmt.args.len());
-    spi_write::run(stmt, &args, |_| Ok(()));
-    if shape == Shape::Current {
-        // In the INSERT's subtransaction: rows refused and rolled back are not counted.
-        let hours = super::rollup::aggregate(rows);
-        let days = super::rollup::days(&hours);
-        spi_write::run(&ROLLUP_STMT, &group_args(&hours, true), |_| Ok(()));
-        spi_write::run(&DAILY_STMT, &group_args(&days, false), |_| Ok(()));
-    }
+    spi_write::run(&INSERT_0_1_STMT, &args, |_| Ok(()));
 }
 
 /// The code a record stores for its reason ordinal (none for 0).
