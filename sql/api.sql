@@ -135,6 +135,14 @@ CREATE TRIGGER billing_state_after AFTER INSERT OR UPDATE OF workspace_id ON ent
 -- ENABLE ALWAYS: the triggers fire under session_replication_role = replica too (logical
 -- replication apply).
 -- ---------------------------------------------------------------------------------------
+-- The relation whose invalidation messages carry "a decision input changed" to hot standbys:
+-- every change above queues one for it. Nothing reads it; a message naming an input table
+-- itself would also make every backend of the primary re-plan its statements on that table
+-- after each write.
+CREATE VIEW entitlements.cache_signal AS SELECT WHERE false;
+COMMENT ON VIEW entitlements.cache_signal IS
+    'pg_entitlements: carries decision-cache invalidations to hot standbys; holds no data';
+
 CREATE FUNCTION entitlements.cache_invalidate_trigger() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

@@ -1661,6 +1661,12 @@ CREATE POLICY members_read ON entitlements.usage_periods FOR SELECT
 CREATE POLICY members_read ON entitlements.stripe_feature_grants FOR SELECT
     USING (entitlements.is_member(workspace_id));
 
+-- The decision cache's signal to hot standbys (sql/api.sql): changes to the inputs queue
+-- their invalidation messages for this relation instead of for the input tables.
+CREATE VIEW entitlements.cache_signal AS SELECT WHERE false;
+COMMENT ON VIEW entitlements.cache_signal IS
+    'pg_entitlements: carries decision-cache invalidations to hot standbys; holds no data';
+
 -- ---------------------------------------------------------------------------------------
 -- Least privilege (sql/security.sql): the roles, the writer's policy, and the grants.
 -- ---------------------------------------------------------------------------------------

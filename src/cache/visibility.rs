@@ -11,13 +11,18 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::Cell;
 
+const WATCHED_RELATIONS: usize = 9;
+/// Where `entitlements.cache_signal` is in WATCHED.
+const SIGNAL: usize = WATCHED_RELATIONS - 1;
+
 thread_local! {
     /// This transaction changed an input table: bypass the cache until it ends.
     static DIRTY: Cell<bool> = const { Cell::new(false) };
-    /// The input tables' OIDs in this database, once looked up.
-    static WATCHED: Cell<Option<[pg_sys::Oid; 8]>> = const { Cell::new(None) };
+    /// The input tables' OIDs in this database, once looked up, and last the signal relation's
+    /// (`SIGNAL`).
+    static WATCHED: Cell<Option<[pg_sys::Oid; WATCHED_RELATIONS]>> = const { Cell::new(None) };
     /// What they were before the last namespace change (a second look-up compares).
-    static PREVIOUS: Cell<Option<[pg_sys::Oid; 8]>> = const { Cell::new(None) };
+    static PREVIOUS: Cell<Option<[pg_sys::Oid; WATCHED_RELATIONS]>> = const { Cell::new(None) };
     /// How many times this backend has looked the tables up.
     static PREVIOUS_LOOKUPS: Cell<u32> = const { Cell::new(0) };
     /// What this transaction's commit invalidates: everything, or these buckets' workspaces.
@@ -123,6 +128,7 @@ pub(super) fn ensure_watched() -> bool {
             c"feature_limits",
             c"limit_overrides",
             c"stripe_feature_grants",
+            c"cache_signal",
         ]
             .map(|name| pg_sys::get_relname_relid(name.as_ptr(), ns))
     };
@@ -142,10 +148,16 @@ pub(super) fn ensure_watched() -> bool {
 
 /// The writer's side, common to every change: mark the transaction changed (it bypasses the
 /// cache until it ends) and queue the relcache message that carries the change to standby
-/// backends (WAL-logged with the commit, discarded on rollback).
+/// backends (WAL-logged with the commit, discarded on rollback). The message names
+/// `entitlements.cache_signal`, a relation no statement reads: one naming the input table
+/// itself would also make every backend of the primary drop its plans of the statements that
+/// read that table, at every write (a schema not yet updated to 0.2.0 has no signal relation,
+/// and names the table).
 fn mark_changed(relid: pg_sys::Oid) {
+    let signal = if ensure_watched() { WATCHED.with(Cell::get).map(|w| w[SIGNAL]) } else { None };
+    let target = signal.filter(|&s| s != pg_sys::InvalidOid).unwrap_or(relid);
     // SAFETY: queues an invalidation message in the current transaction.
-    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(target) };
     if DIRTY.with(Cell::get) {
         return;
     }
