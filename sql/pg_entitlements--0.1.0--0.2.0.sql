@@ -1662,7 +1662,9 @@ CREATE POLICY members_read ON entitlements.stripe_feature_grants FOR SELECT
     USING (entitlements.is_member(workspace_id));
 
 -- The decision cache's signal to hot standbys (sql/api.sql): changes to the inputs queue
--- their invalidation messages for this relation instead of for the input tables.
+-- their invalidation messages for this relation instead of for the input tables. Backends
+-- that looked the watched relations up before this update look them up again because the
+-- schema's grants below rewrite its pg_namespace row (the library watches that catalog).
 CREATE VIEW entitlements.cache_signal AS SELECT WHERE false;
 COMMENT ON VIEW entitlements.cache_signal IS
     'pg_entitlements: carries decision-cache invalidations to hot standbys; holds no data';

@@ -261,6 +261,53 @@ fn a_standby_with_a_warm_cache_follows_replayed_changes() {
     }
 }
 
+/// A standby session that used the cache before `ALTER EXTENSION ... UPDATE` to 0.2.0 still
+/// follows the primary after it, when the primary's changes are signalled through the relation
+/// the update creates (entitlements.cache_signal) rather than through the input tables.
+#[test]
+fn a_standby_session_from_before_the_update_follows_changes_signalled_after_it() {
+    let primary = Cluster::init("cache-upd-primary", &[]);
+    primary.connect_db("postgres").batch_execute("CREATE DATABASE app").unwrap();
+    let mut p = primary.connect();
+    exec(&mut p, "CREATE EXTENSION pg_entitlements VERSION '0.1.0'");
+    let ws = new_workspace(&mut p);
+    exec(&mut p, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'active')"));
+    let standby = primary.start_standby("cache-upd-standby");
+    let mut s = standby.connect();
+    let wait_replay = |p: &mut Client, s: &mut Client| {
+        let lsn: String = p.query_one("SELECT pg_current_wal_lsn()::text", &[]).unwrap().get(0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !s
+            .query_one(&format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"), &[])
+            .unwrap()
+            .get::<_, bool>(0)
+        {
+            assert!(Instant::now() < deadline, "standby did not replay");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_replay(&mut p, &mut s);
+    // The standby session uses the cache (and looks up what it watches) on the 0.1.0 schema.
+    assert!(has(&mut s, &ws, "ccp-05") && has(&mut s, &ws, "ccp-05"));
+
+    exec(&mut p, "ALTER EXTENSION pg_entitlements UPDATE TO '0.2.0'");
+    // A session of the updated schema: its changes name the signal relation.
+    let mut p2 = primary.connect();
+    let signal: bool = p2
+        .query_one("SELECT to_regclass('entitlements.cache_signal') IS NOT NULL", &[])
+        .unwrap()
+        .get(0);
+    assert!(signal, "the update created the signal relation");
+    wait_replay(&mut p2, &mut s);
+    assert!(has(&mut s, &ws, "ccp-05"), "still allowed, from the cache");
+    for (status, expect) in [("canceled", false), ("active", true), ("canceled", false)] {
+        exec(&mut p2, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', '{status}')"));
+        wait_replay(&mut p2, &mut s);
+        assert_eq!(has(&mut s, &ws, "ccp-05"), expect, "the same standby session after {status}");
+        assert_eq!(check_c(&mut s, &ws, "ccp-05").0, expect);
+    }
+}
+
 /// Property 6: a backend SIGKILLed while checking; the postmaster reinitialises shared memory;
 /// then the cache starts empty and works. (A lock the victim held cannot outlive the
 /// restart, which recreates shared memory, locks included: nothing to assert about locks.)

@@ -91,7 +91,9 @@ pub(super) unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Da
     if !unsafe { pg_sys::RecoveryInProgress() } {
         return;
     }
-    let Some(watched) = WATCHED.with(Cell::get) else { return };
+    // Between a namespace change and the next look-up, the relations known before it stand
+    // in (a message that arrives in the same batch as the namespace change is not lost).
+    let Some(watched) = WATCHED.with(Cell::get).or_else(|| PREVIOUS.with(Cell::get)) else { return };
     if relid == pg_sys::InvalidOid || watched.contains(&relid) {
         invalidate_all();
     }
