@@ -132,8 +132,8 @@ CREATE TRIGGER billing_state_after AFTER INSERT OR UPDATE OF workspace_id ON ent
 -- overrides, limit_overrides or workspace_members invalidates
 -- the entries of the workspaces those rows belong to, which the AFTER triggers name from the
 -- statement's transition tables (more than 1024 in a statement: every entry).
--- ENABLE ALWAYS: the triggers fire under session_replication_role = replica too (logical
--- replication apply).
+-- ENABLE ALWAYS: the triggers fire under session_replication_role = replica too (tools that
+-- replay changes in that role; a logical subscriber's apply fires the row triggers below).
 -- ---------------------------------------------------------------------------------------
 -- The relation whose invalidation messages carry "a decision input changed" to hot standbys:
 -- every change above queues one for it. Nothing reads it; a message naming an input table
@@ -229,6 +229,48 @@ CREATE TRIGGER cache_invalidate_deleted AFTER DELETE ON entitlements.workspace_m
 ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER cache_invalidate_inserted;
 ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER cache_invalidate_updated;
 ALTER TABLE entitlements.workspace_members ENABLE ALWAYS TRIGGER cache_invalidate_deleted;
+
+-- Logical replication: the apply worker fires row triggers only, never statement triggers, and
+-- runs with session_replication_role = replica. So each input table also carries a row trigger
+-- enabled for that role alone (ENABLE REPLICA: it never fires in ordinary sessions, which the
+-- statement triggers above cover), naming the row's workspace (or, for the catalog,
+-- everything) as a statement would: a subscriber's cache follows applied changes exactly.
+CREATE FUNCTION entitlements.cache_invalidate_applied_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_TABLE_NAME IN ('tiers', 'features', 'feature_limits') THEN
+        PERFORM entitlements.note_decision_inputs_changed(TG_RELID);
+        RETURN NULL;
+    END IF;
+    -- One statement's worth of bookkeeping per row: counted, then named.
+    PERFORM entitlements.note_workspace_statement(TG_RELID);
+    IF TG_OP = 'INSERT' THEN
+        PERFORM entitlements.note_workspaces_changed(TG_RELID, ARRAY[NEW.workspace_id]);
+    ELSIF TG_OP = 'UPDATE' THEN
+        PERFORM entitlements.note_workspaces_changed(TG_RELID, ARRAY[OLD.workspace_id, NEW.workspace_id]);
+    ELSE
+        PERFORM entitlements.note_workspaces_changed(TG_RELID, ARRAY[OLD.workspace_id]);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.billing_state
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.billing_state ENABLE REPLICA TRIGGER cache_invalidate_applied;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.overrides
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.overrides ENABLE REPLICA TRIGGER cache_invalidate_applied;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.features
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.features ENABLE REPLICA TRIGGER cache_invalidate_applied;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.tiers
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.tiers ENABLE REPLICA TRIGGER cache_invalidate_applied;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.workspace_members
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.workspace_members ENABLE REPLICA TRIGGER cache_invalidate_applied;
 
 -- ---------------------------------------------------------------------------------------
 -- Change notifications for application caches: NOTIFY pg_entitlements_changed with

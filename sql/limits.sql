@@ -84,6 +84,13 @@ CREATE TRIGGER cache_invalidate_deleted AFTER DELETE ON entitlements.limit_overr
 ALTER TABLE entitlements.limit_overrides ENABLE ALWAYS TRIGGER cache_invalidate_inserted;
 ALTER TABLE entitlements.limit_overrides ENABLE ALWAYS TRIGGER cache_invalidate_updated;
 ALTER TABLE entitlements.limit_overrides ENABLE ALWAYS TRIGGER cache_invalidate_deleted;
+-- And the row triggers a logical subscriber's apply fires (sql/api.sql).
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.feature_limits
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.feature_limits ENABLE REPLICA TRIGGER cache_invalidate_applied;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.limit_overrides
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.limit_overrides ENABLE REPLICA TRIGGER cache_invalidate_applied;
 
 -- The period a usage counter covers at `at`. billing_period: the subscription's period when
 -- it is known and `at` is inside it, else the calendar month (UTC), as for month. A period

@@ -1669,6 +1669,58 @@ CREATE VIEW entitlements.cache_signal AS SELECT WHERE false;
 COMMENT ON VIEW entitlements.cache_signal IS
     'pg_entitlements: carries decision-cache invalidations to hot standbys; holds no data';
 
+-- The row triggers a logical subscriber's apply fires (sql/api.sql).
+-- Logical replication: the apply worker fires row triggers only, never statement triggers, and
+-- runs with session_replication_role = replica. So each input table also carries a row trigger
+-- enabled for that role alone (ENABLE REPLICA: it never fires in ordinary sessions, which the
+-- statement triggers above cover), naming the row's workspace (or, for the catalog,
+-- everything) as a statement would: a subscriber's cache follows applied changes exactly.
+CREATE FUNCTION entitlements.cache_invalidate_applied_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_TABLE_NAME IN ('tiers', 'features', 'feature_limits') THEN
+        PERFORM entitlements.note_decision_inputs_changed(TG_RELID);
+        RETURN NULL;
+    END IF;
+    -- One statement's worth of bookkeeping per row: counted, then named.
+    PERFORM entitlements.note_workspace_statement(TG_RELID);
+    IF TG_OP = 'INSERT' THEN
+        PERFORM entitlements.note_workspaces_changed(TG_RELID, ARRAY[NEW.workspace_id]);
+    ELSIF TG_OP = 'UPDATE' THEN
+        PERFORM entitlements.note_workspaces_changed(TG_RELID, ARRAY[OLD.workspace_id, NEW.workspace_id]);
+    ELSE
+        PERFORM entitlements.note_workspaces_changed(TG_RELID, ARRAY[OLD.workspace_id]);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.billing_state
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.billing_state ENABLE REPLICA TRIGGER cache_invalidate_applied;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.overrides
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.overrides ENABLE REPLICA TRIGGER cache_invalidate_applied;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.features
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.features ENABLE REPLICA TRIGGER cache_invalidate_applied;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.tiers
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.tiers ENABLE REPLICA TRIGGER cache_invalidate_applied;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.workspace_members
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.workspace_members ENABLE REPLICA TRIGGER cache_invalidate_applied;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.feature_limits
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.feature_limits ENABLE REPLICA TRIGGER cache_invalidate_applied;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.limit_overrides
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.limit_overrides ENABLE REPLICA TRIGGER cache_invalidate_applied;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.stripe_feature_grants
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.stripe_feature_grants ENABLE REPLICA TRIGGER cache_invalidate_applied;
+
 -- ---------------------------------------------------------------------------------------
 -- Least privilege (sql/security.sql): the roles, the writer's policy, and the grants.
 -- ---------------------------------------------------------------------------------------

@@ -226,6 +226,9 @@ CREATE TRIGGER cache_invalidate_deleted AFTER DELETE ON entitlements.stripe_feat
 ALTER TABLE entitlements.stripe_feature_grants ENABLE ALWAYS TRIGGER cache_invalidate_inserted;
 ALTER TABLE entitlements.stripe_feature_grants ENABLE ALWAYS TRIGGER cache_invalidate_updated;
 ALTER TABLE entitlements.stripe_feature_grants ENABLE ALWAYS TRIGGER cache_invalidate_deleted;
+CREATE TRIGGER cache_invalidate_applied AFTER INSERT OR UPDATE OR DELETE ON entitlements.stripe_feature_grants
+    FOR EACH ROW EXECUTE FUNCTION entitlements.cache_invalidate_applied_trigger();
+ALTER TABLE entitlements.stripe_feature_grants ENABLE REPLICA TRIGGER cache_invalidate_applied;
 CREATE TRIGGER notify_changed AFTER INSERT OR UPDATE OR DELETE ON entitlements.stripe_feature_grants
     FOR EACH ROW EXECUTE FUNCTION entitlements.notify_changed('stripe_grant');
 CREATE TRIGGER notify_truncated AFTER TRUNCATE ON entitlements.stripe_feature_grants

@@ -308,6 +308,66 @@ fn a_standby_session_from_before_the_update_follows_changes_signalled_after_it()
     }
 }
 
+/// A logical-replication subscriber's warm cache follows the changes its apply worker writes:
+/// the apply fires row triggers only, never the statement triggers ordinary writes go through.
+#[test]
+fn a_logical_subscriber_with_a_warm_cache_follows_applied_changes() {
+    let publisher = Cluster::start_with("cache-lr-pub", &["wal_level = logical"]);
+    let subscriber = Cluster::start("cache-lr-sub");
+    let mut p = publisher.connect();
+    let mut s = subscriber.connect();
+    exec(
+        &mut p,
+        "CREATE PUBLICATION decision_inputs FOR TABLE entitlements.billing_state, entitlements.overrides,
+             entitlements.features, entitlements.tiers, entitlements.workspace_members",
+    );
+    // Both sides hold the extension's seed catalog already: replicate changes, not the copy.
+    exec(
+        &mut s,
+        &format!(
+            "CREATE SUBSCRIPTION decision_inputs
+                 CONNECTION 'host=127.0.0.1 port={} dbname=app user=postgres'
+                 PUBLICATION decision_inputs WITH (copy_data = false)",
+            publisher.port
+        ),
+    );
+    let ws = new_workspace(&mut p);
+    // Applied once the subscriber's row matches the publisher's.
+    let applied = |s: &mut Client, sql: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !s.query_one(sql, &[]).unwrap().get::<_, bool>(0) {
+            assert!(Instant::now() < deadline, "not applied: {sql}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let status_is = |status: &str| {
+        format!("SELECT EXISTS (SELECT 1 FROM entitlements.billing_state WHERE workspace_id = {ws} AND status = '{status}')")
+    };
+    exec(&mut p, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'active')"));
+    applied(&mut s, &status_is("active"));
+    assert!(warm(&mut s, &ws, "ccp-05"), "warm on the subscriber: allowed");
+
+    exec(&mut p, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'canceled')"));
+    applied(&mut s, &status_is("canceled"));
+    assert!(!check_c(&mut s, &ws, "ccp-05").0, "the same subscriber session after the cancellation");
+    assert!(!has(&mut subscriber.connect(), &ws, "ccp-05"), "a new subscriber session");
+
+    exec(&mut p, &format!("SELECT entitlements.sync_billing_state({ws}, 'pro', 'active')"));
+    applied(&mut s, &status_is("active"));
+    assert!(warm(&mut s, &ws, "ccp-05"), "allowed again, and cached");
+    exec(&mut p, &format!("SELECT entitlements.set_override({ws}, 'ccp-05', false)"));
+    applied(&mut s, &format!("SELECT EXISTS (SELECT 1 FROM entitlements.overrides WHERE workspace_id = {ws})"));
+    assert!(!check_c(&mut s, &ws, "ccp-05").0, "after an applied override");
+    exec(&mut p, &format!("SELECT entitlements.clear_override({ws}, 'ccp-05')"));
+    applied(&mut s, &format!("SELECT NOT EXISTS (SELECT 1 FROM entitlements.overrides WHERE workspace_id = {ws})"));
+    assert!(warm(&mut s, &ws, "ccp-05"), "after the override is cleared");
+    // A catalog change applied on the subscriber invalidates every workspace.
+    exec(&mut p, "UPDATE entitlements.features SET min_tier = 'enterprise' WHERE feature = 'ccp-05'");
+    applied(&mut s, "SELECT min_tier = 'enterprise' FROM entitlements.features WHERE feature = 'ccp-05'");
+    assert!(!check_c(&mut s, &ws, "ccp-05").0, "after an applied catalog change");
+    exec(&mut s, "DROP SUBSCRIPTION decision_inputs");
+}
+
 /// Property 6: a backend SIGKILLed while checking; the postmaster reinitialises shared memory;
 /// then the cache starts empty and works. (A lock the victim held cannot outlive the
 /// restart, which recreates shared memory, locks included: nothing to assert about locks.)
