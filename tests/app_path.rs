@@ -335,15 +335,16 @@ fn entitlements_reader_reads_every_workspace_and_cannot_write_anything() {
     su.query_one("SELECT entitlements.flush_audit()", &[]).unwrap();
 
     let mut reader = pg.connect_as("support", "app");
-    // Every table and view of the schema but the secrets and the superusers' cache view: the
-    // reader sees what a superuser sees, across workspaces. (The audit trail is read through
-    // its partitioned parent; its partitions, addressed directly, are closed to every role.)
+    // Every table and view of the schema but the secrets, the superusers' cache view and the
+    // cache's data-less signal view (granted to nobody): the reader sees what a superuser
+    // sees, across workspaces. (The audit trail is read through its partitioned parent; its
+    // partitions, addressed directly, are closed to every role.)
     let relations: Vec<String> = su
         .query(
             "SELECT c.oid::regclass::text FROM pg_class c
               WHERE c.relnamespace = 'entitlements'::regnamespace AND c.relkind IN ('r', 'p', 'v')
                 AND NOT c.relispartition
-                AND c.relname NOT IN ('webhook_secrets', 'entitlement_cache') ORDER BY 1",
+                AND c.relname NOT IN ('webhook_secrets', 'entitlement_cache', 'cache_signal') ORDER BY 1",
             &[],
         )
         .unwrap()
