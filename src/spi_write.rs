@@ -1,6 +1,7 @@
 //! The plan cache of the statements that write (Stripe ingestion, the billing writer, the audit
-//! writer): each statement is planned once per backend and runs in SPI's read-write mode, so it takes a fresh
-//! snapshot and sees what sessions that held a lock it waited for committed. The checks' reads
+//! writer): each statement is planned once per backend (a generic plan) and runs in SPI's
+//! read-write mode, so it takes a fresh snapshot and sees what sessions that held a lock it
+//! waited for committed. The checks' reads
 //! have their own cache with snapshot rules of their own (`spi_read`).
 
 use crate::errors;
@@ -45,7 +46,13 @@ pub fn run<R>(
             Some(plan) => plan,
             None => client.prepare_mut(stmt.sql, stmt.args)?.keep(),
         };
-        let out = client.update(&plan, None, args).and_then(read);
+        // A generic plan, as the checks' reads use: PostgreSQL would otherwise plan the
+        // statements whose parameters are arrays (the tier lookup, the rollups) again on every
+        // call, estimating a custom plan cheaper for each new array.
+        let out = crate::pgutil::with_setting(c"plan_cache_mode", c"force_generic_plan", || {
+            client.update(&plan, None, args)
+        })
+        .and_then(read);
         PLANS.with(|p| p.borrow_mut().insert(key, plan));
         out
     });
