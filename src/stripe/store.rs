@@ -435,6 +435,12 @@ pub fn price_features(ids: Vec<String>) -> HashMap<String, Vec<(String, Option<i
     })
 }
 
+static HAS_ITEM_GRANTS: Stmt = Stmt {
+    sql: "SELECT EXISTS (SELECT 1 FROM entitlements.stripe_feature_grants g
+                          WHERE g.workspace_id = $1 AND g.via = 'item')",
+    args: &[UUID],
+};
+
 static CLEAR_ITEM_GRANTS: Stmt = Stmt {
     sql: "DELETE FROM entitlements.stripe_feature_grants g WHERE g.workspace_id = $1 AND g.via = 'item'",
     args: &[UUID],
@@ -459,7 +465,12 @@ pub fn replace_item_grants(
     event_id: &str,
     grants: &[super::decide::ItemGrant],
 ) {
-    run(&CLEAR_ITEM_GRANTS, &[workspace.into()], |_| Ok(()));
+    // Most subscriptions' items grant no feature: then there is nothing to clear, and the
+    // DELETE (whose statement triggers mark the transaction as changing decision inputs) is
+    // skipped.
+    if run(&HAS_ITEM_GRANTS, &[workspace.into()], first::<bool>) == Some(true) {
+        run(&CLEAR_ITEM_GRANTS, &[workspace.into()], |_| Ok(()));
+    }
     if grants.is_empty() {
         return;
     }
