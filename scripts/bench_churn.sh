@@ -7,7 +7,7 @@
 # them alike, at default durability (fsync = on, synchronous_commit = on). Reports throughput
 # and the cache hit rate of each. Installs a release build first. PG_ROOT selects a private
 # PostgreSQL copy (setup.sh).
-#   CLIENTS=4 WRITES_PER_SECOND=20 SECONDS_PER_RUN=15 ROUNDS=3 bash scripts/bench_churn.sh
+#   CLIENTS=4 WRITES_PER_SECOND=20 SECONDS_PER_RUN=15 ROUNDS=4 bash scripts/bench_churn.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -18,7 +18,7 @@ CLIENTS=${CLIENTS:-4}
 THREADS=${THREADS:-2}
 WRITES_PER_SECOND=${WRITES_PER_SECOND:-20}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-15}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-4}
 DIR=$PWD/.run/bench-churn
 PORT=${BENCH_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 
@@ -58,8 +58,12 @@ pgbench -c "$CLIENTS" -j "$THREADS" -T 5 -f "$W/check.sql" >/dev/null
 
 declare -A TPS HITS MISSES WRITES
 for kind in nochurn churn; do TPS[$kind]=""; HITS[$kind]=0; MISSES[$kind]=0; WRITES[$kind]=0; done
+# The order alternates round by round (no churn first in odd rounds, churn first in even
+# ones), so a machine that slows down or speeds up over the run favours neither workload.
 for round in $(seq 1 "$ROUNDS"); do
-    for kind in nochurn churn; do
+    order="nochurn churn"
+    if [ $((round % 2)) = 0 ]; then order="churn nochurn"; fi
+    for kind in $order; do
         read -r h0 m0 <<<"$(counters)"
         if [ "$kind" = churn ]; then
             pgbench -c 1 -j 1 -T "$SECONDS_PER_RUN" -R "$WRITES_PER_SECOND" -f "$W/churn.sql" >"$W/writer.out" 2>&1 &
@@ -97,7 +101,7 @@ Machine: {machine()}, shared with other work. 10,000 workspaces on `pro`; {clien
 (`-M prepared`) run `SELECT entitlements.has_entitlement(<workspace>, 'ccp-05')` with workspaces
 drawn by `random_zipfian(1, 10000, 1.1)`; "churn" adds one client running
 `entitlements.sync_billing_state(<random workspace>, 'pro', 'active')` at {rate} writes/s
-(`pgbench -R {rate}`). {rounds} rounds of {secs} s each, the two workloads interleaved.
+(`pgbench -R {rate}`). {rounds} rounds of {secs} s each, the two workloads interleaved, in alternating order.
 
 | workload | checks/s (median of rounds) | rounds | cache hit rate |
 |---|---|---|---|
