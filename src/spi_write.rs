@@ -1,8 +1,8 @@
 //! The plan cache of the statements that write (Stripe ingestion, the billing writer, the audit
 //! writer): each statement is planned once per backend (a generic plan) and runs in SPI's
 //! read-write mode, so it takes a fresh snapshot and sees what sessions that held a lock it
-//! waited for committed. The checks' reads
-//! have their own cache with snapshot rules of their own (`spi_read`).
+//! waited for committed. The checks' reads have their own cache with snapshot rules of their
+//! own (`spi_read`).
 
 use crate::errors;
 use pgrx::datum::DatumWithOid;

@@ -358,9 +358,9 @@ fn write(rows: &[Record]) -> Option<u64> {
     Some(if role == pg_sys::InvalidOid {
         // Only until ALTER EXTENSION ... UPDATE creates the role: the statement is qualified
         // and runs under a pinned search_path either way.
-        store(rows, shape)
+        store(rows, table, shape)
     } else {
-        as_role(role, || store(rows, shape))
+        as_role(role, || store(rows, table, shape))
     })
 }
 
@@ -529,8 +529,8 @@ fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 
 /// Insert `rows`; if PostgreSQL refuses them for their data, halve and retry each half, down
 /// to the single rows it refuses (each logged and left out).
-fn store(rows: &[Record], shape: Shape) -> u64 {
-    match try_insert(rows, shape) {
+fn store(rows: &[Record], table: pg_sys::Oid, shape: Shape) -> u64 {
+    match try_insert(rows, table, shape) {
         Ok(()) => rows.len() as u64,
         Err(message) if rows.len() == 1 => {
             warning!("pg_entitlements: an audit record was refused and dropped: {message}");
@@ -538,16 +538,16 @@ fn store(rows: &[Record], shape: Shape) -> u64 {
         }
         Err(_) => {
             let (a, b) = rows.split_at(rows.len() / 2);
-            store(a, shape) + store(b, shape)
+            store(a, table, shape) + store(b, table, shape)
         }
     }
 }
 
 /// One INSERT in a subtransaction. A data error (SQLSTATE classes 22 and 23) rolls the
 /// subtransaction back and is returned; anything else is raised again.
-fn try_insert(rows: &[Record], shape: Shape) -> Result<(), String> {
+fn try_insert(rows: &[Record], table: pg_sys::Oid, shape: Shape) -> Result<(), String> {
     let failed = match subtransaction(|| {
-        insert(rows, shape);
+        insert(rows, table, shape);
         Ok(())
     }) {
         Ok(()) => return Ok(()),
@@ -568,10 +568,10 @@ fn try_insert(rows: &[Record], shape: Shape) -> Result<(), String> {
     }
 }
 
-fn insert(rows: &[Record], shape: Shape) {
+fn insert(rows: &[Record], table: pg_sys::Oid, shape: Shape) {
     match shape {
         Shape::Current => {
-            copy_rows(rows);
+            copy_rows(rows, table);
             // In the COPY's subtransaction: rows refused and rolled back are not counted.
             let hours = super::rollup::aggregate(rows);
             let days = super::rollup::days(&hours);
@@ -609,13 +609,12 @@ unsafe extern "C-unwind" fn read_copy_stream(outbuf: *mut std::ffi::c_void, _min
 /// admits the writer) and inserts the rows a page at a time with their index entries. As
 /// `COPY` does, and unlike a COPY statement, it checks no privileges and applies no policy:
 /// the writer is the trail's one producer, and it runs as the writer role all the same.
-fn copy_rows(rows: &[Record]) {
+fn copy_rows(rows: &[Record], table: pg_sys::Oid) {
     COPY_STREAM.with(|s| {
         let mut s = s.borrow_mut();
         super::copy::encode(rows, reason, &mut s.0);
         s.1 = 0;
     });
-    let table = trail_oid().unwrap_or_else(|| crate::errors::internal("the audit table disappeared"));
     let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
     // SAFETY: inside the batch's (sub)transaction. The relation is opened and locked as an
     // INSERT would; the parse state carries its range-table entry, which CopyFrom's executor
