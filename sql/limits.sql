@@ -24,12 +24,17 @@ CREATE TABLE entitlements.limit_overrides (
 
 -- The current period's usage, one row per (workspace, feature): the row consume() locks. A
 -- period that never resets starts at -infinity and has no end.
+-- `used` is never negative: only the extension's functions write it (no other role may), and
+-- each keeps it at or above 0 (consume adds a positive quantity, refund stops at 0, a new
+-- period starts at 0). There is deliberately no CHECK constraint for it: PostgreSQL reads a
+-- table's CHECK constraints from the catalog again for every UPDATE statement, and consume's
+-- one UPDATE is the hot path (docs/LIMITS.md).
 CREATE TABLE entitlements.usage_counters (
     workspace_id uuid NOT NULL,
     feature text NOT NULL REFERENCES entitlements.features ON UPDATE CASCADE ON DELETE CASCADE,
     period_start timestamptz NOT NULL,
     period_end timestamptz,
-    used bigint NOT NULL DEFAULT 0 CHECK (used >= 0),
+    used bigint NOT NULL DEFAULT 0,
     -- The usage thresholds (percent of the limit) already announced in this period.
     thresholds_notified integer[] NOT NULL DEFAULT '{}',
     PRIMARY KEY (workspace_id, feature)

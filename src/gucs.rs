@@ -109,6 +109,20 @@ pub static REPLICA_WAIT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// `NOTIFY pg_entitlements_usage`, comma-separated; empty: none.
 pub static USAGE_THRESHOLDS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"80,100"));
 
+/// The current `pg_entitlements.usage_thresholds` text, read in place (no copy: `consume`
+/// looks at it on every call).
+pub fn with_usage_thresholds_text<R>(f: impl FnOnce(&std::ffi::CStr) -> R) -> R {
+    // SAFETY: the setting's value is a NUL-terminated string owned by the GUC machinery (or
+    // NULL), which changes it only between statements; it is read before returning.
+    let raw = unsafe { *USAGE_THRESHOLDS.as_ptr() };
+    if raw.is_null() {
+        f(c"")
+    } else {
+        // SAFETY: as above.
+        f(unsafe { std::ffi::CStr::from_ptr(raw) })
+    }
+}
+
 /// A valid `pg_entitlements.usage_thresholds`: comma-separated whole percentages, 1 to 1000
 /// (above 100: an overage of a soft limit), or empty.
 pub fn valid_usage_thresholds(v: &str) -> bool {

@@ -24,7 +24,6 @@ use pgrx::Uuid;
 const UUID: pg_sys::Oid = BuiltinOid::UUIDOID.value();
 const TEXT: pg_sys::Oid = BuiltinOid::TEXTOID.value();
 const INT8: pg_sys::Oid = BuiltinOid::INT8OID.value();
-const BOOL: pg_sys::Oid = BuiltinOid::BOOLOID.value();
 const TIMESTAMPTZ: pg_sys::Oid = BuiltinOid::TIMESTAMPTZOID.value();
 const INT4_ARRAY: pg_sys::Oid = BuiltinOid::INT4ARRAYOID.value();
 const INT8_ARRAY: pg_sys::Oid = BuiltinOid::INT8ARRAYOID.value();
@@ -34,31 +33,34 @@ static APPLY: Stmt = Stmt {
     args: &[UUID, TEXT, INT8, TEXT, TEXT, TEXT],
 };
 /// The fast path of `consume` (see the module comment): the counter's new `used`, or no row.
-/// $4: the period's start, $5: the limit (NULL = unlimited), $6: hard, $7: the thresholds
-/// (ascending) and $8 the lowest use that reaches each, NULL when no use can announce anything.
-/// The thresholds a use reaches are the first width_bucket(use, $8) of $7; the UPDATE takes
-/// the quantity only if they have all been announced already. The row is locked by the
-/// UPDATE, and in READ COMMITTED the conditions are checked again on the latest version when
-/// it waits for another consumer, so a hard limit is never exceeded.
+/// $4: the period's start; $5: the highest `used` the hard limit lets the quantity be added
+/// to (the limit minus the quantity; the largest bigint when no hard limit applies); $6: the
+/// thresholds (ascending) and $7 the lowest use that reaches each (both empty when no use can
+/// announce anything). The thresholds a use reaches are the first width_bucket(use, $7) of
+/// $6; the UPDATE takes the quantity only if they have all been announced already. The
+/// conditions are computed by the caller as far as they can be, so that the statement's
+/// expressions stay few: they are prepared again by every execution. The row is locked by
+/// the UPDATE, and in READ COMMITTED the conditions are checked again on the latest version
+/// when it waits for another consumer, so a hard limit is never exceeded.
 static TAKE: Stmt = Stmt {
     sql: "UPDATE entitlements.usage_counters uc
              SET used = uc.used + $3
            WHERE uc.workspace_id = $1 AND uc.feature = $2 AND uc.period_start = $4
-             AND ($5 IS NULL OR NOT $6 OR uc.used + $3 <= $5)
-             AND ($8 IS NULL OR uc.thresholds_notified @> $7[1:width_bucket(uc.used + $3, $8)])
+             AND uc.used <= $5
+             AND uc.thresholds_notified @> $6[1:width_bucket(uc.used + $3, $7)]
        RETURNING uc.used",
-    args: &[UUID, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, INT4_ARRAY, INT8_ARRAY, TIMESTAMPTZ],
+    args: &[UUID, TEXT, INT8, TIMESTAMPTZ, INT8, INT4_ARRAY, INT8_ARRAY, TIMESTAMPTZ],
 };
 /// The workspace's first consume of the feature: the counter row, created with the quantity
 /// when TAKE's conditions hold for a row at 0 (nothing announced yet), as usage_apply would
 /// leave it. A row another transaction created meanwhile is left to usage_apply.
 static OPEN: Stmt = Stmt {
     sql: "INSERT INTO entitlements.usage_counters AS uc (workspace_id, feature, period_start, period_end, used)
-          SELECT $1, $2, $4, $9, $3
-           WHERE ($5 IS NULL OR NOT $6 OR $3 <= $5) AND ($8 IS NULL OR width_bucket($3, $8) = 0)
+          SELECT $1, $2, $4, $8, $3
+           WHERE 0 <= $5 AND width_bucket($3, $7) = 0
           ON CONFLICT ON CONSTRAINT usage_counters_pkey DO NOTHING
        RETURNING uc.used",
-    args: &[UUID, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, INT4_ARRAY, INT8_ARRAY, TIMESTAMPTZ],
+    args: &[UUID, TEXT, INT8, TIMESTAMPTZ, INT8, INT4_ARRAY, INT8_ARRAY, TIMESTAMPTZ],
 };
 static METERED: Stmt = Stmt {
     sql: "SELECT f.feature FROM entitlements.features f
@@ -97,25 +99,39 @@ impl Op {
 }
 
 /// The owner of `entitlements.usage_counters`: the extension's owner, the one role that
-/// writes usage. From the syscache (a lookup by name, then by OID), so it follows an owner
-/// change exactly and costs no query.
+/// writes usage. From the syscache, so it follows an owner change exactly and costs no query:
+/// the table's and its schema's OIDs are remembered, and each call reads the table's pg_class
+/// row by OID and checks that it is still `usage_counters` in that schema (a dropped and
+/// re-created extension gives both new OIDs, and the names are looked up again).
 fn usage_owner() -> pg_sys::Oid {
-    // SAFETY: syscache lookups inside a transaction; the tuple is released before returning
-    // and read only while pinned.
+    thread_local! {
+        static TABLE: std::cell::Cell<(pg_sys::Oid, pg_sys::Oid)> =
+            const { std::cell::Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid)) };
+    }
+    // SAFETY: syscache lookups inside a transaction; each tuple is read only while pinned and
+    // released before returning.
     unsafe {
-        let ns = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
-        let rel = if ns == pg_sys::InvalidOid {
-            pg_sys::InvalidOid
-        } else {
-            pg_sys::get_relname_relid(c"usage_counters".as_ptr(), ns)
+        let owner_of = |(ns, rel): (pg_sys::Oid, pg_sys::Oid)| {
+            if rel == pg_sys::InvalidOid {
+                return None;
+            }
+            let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::RELOID as i32, pg_sys::Datum::from(rel));
+            if tuple.is_null() {
+                return None;
+            }
+            let class = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tuple);
+            let same = class.relnamespace == ns && std::ffi::CStr::from_ptr(class.relname.data.as_ptr()) == c"usage_counters";
+            let owner = class.relowner;
+            pg_sys::ReleaseSysCache(tuple);
+            same.then_some(owner)
         };
-        let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::RELOID as i32, pg_sys::Datum::from(rel));
-        if tuple.is_null() {
-            errors::internal("entitlements.usage_counters does not exist");
+        if let Some(owner) = owner_of(TABLE.get()) {
+            return owner;
         }
-        let owner = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tuple)).relowner;
-        pg_sys::ReleaseSysCache(tuple);
-        owner
+        let ns = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
+        let rel = if ns == pg_sys::InvalidOid { pg_sys::InvalidOid } else { pg_sys::get_relname_relid(c"usage_counters".as_ptr(), ns) };
+        TABLE.set((ns, rel));
+        owner_of((ns, rel)).unwrap_or_else(|| errors::internal("entitlements.usage_counters does not exist"))
     }
 }
 
@@ -144,14 +160,25 @@ fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// `pg_entitlements.usage_thresholds` as usage_apply reads it: the distinct percentages.
-fn usage_thresholds() -> Vec<i32> {
-    let setting = crate::gucs::USAGE_THRESHOLDS.get();
-    let text = setting.as_deref().map(|c| c.to_string_lossy()).unwrap_or_default();
-    let mut thresholds: Vec<i32> = text.split(',').filter_map(|t| t.trim().parse().ok()).collect();
-    thresholds.sort_unstable();
-    thresholds.dedup();
-    thresholds
+/// `pg_entitlements.usage_thresholds` as usage_apply reads it: the distinct percentages,
+/// ascending. Parsed again only when the setting's text changes.
+fn usage_thresholds() -> std::rc::Rc<[i32]> {
+    thread_local! {
+        static PARSED: std::cell::RefCell<(Vec<u8>, std::rc::Rc<[i32]>)> = std::cell::RefCell::new((Vec::new(), std::rc::Rc::from([])));
+    }
+    crate::gucs::with_usage_thresholds_text(|text| {
+        PARSED.with_borrow_mut(|(seen, thresholds)| {
+            if seen.as_slice() != text.to_bytes() {
+                let mut parsed: Vec<i32> =
+                    text.to_string_lossy().split(',').filter_map(|t| t.trim().parse().ok()).collect();
+                parsed.sort_unstable();
+                parsed.dedup();
+                *seen = text.to_bytes().to_vec();
+                *thresholds = parsed.into();
+            }
+            thresholds.clone()
+        })
+    })
 }
 
 /// For each threshold (ascending), the lowest use of `limit` that reaches it (used * 100 >=
@@ -164,6 +191,12 @@ fn threshold_uses(limit: Option<i64>, thresholds: &[i32]) -> Option<Vec<i64>> {
         .map(|t| i64::try_from((i128::from(*t) * limit + 99) / 100).unwrap_or(i64::MAX))
         .collect();
     (!uses.is_empty()).then_some(uses)
+}
+
+/// The highest `used` to which `quantity` may be added under a hard `limit` (`used + quantity
+/// <= limit`, as usage_apply compares); the largest bigint when no hard limit applies.
+fn room(hard_limit: Option<i64>, quantity: i64) -> i64 {
+    hard_limit.map_or(i64::MAX, |l| l.saturating_sub(quantity))
 }
 
 /// The `usage_result` of a consume that took its quantity, formed as usage_apply forms it.
@@ -206,17 +239,19 @@ fn consume_fast(workspace_id: Uuid, feature: &str, quantity: i64, fcinfo: pg_sys
         return None;
     }
     let thresholds = usage_thresholds();
-    let uses = threshold_uses(allowance.limit, &thresholds);
+    let (thresholds, uses) = match threshold_uses(allowance.limit, &thresholds) {
+        Some(uses) => (thresholds, uses),
+        None => (std::rc::Rc::from([]), Vec::new()),
+    };
     let at = |t: i64| timestamptz(t);
     let args = [
         workspace_id.into(),
         feature.into(),
         quantity.into(),
         at(allowance.period_start).into(),
-        allowance.limit.into(),
-        allowance.hard_limit.into(),
-        thresholds.into(),
-        uses.into(),
+        room(allowance.limit.filter(|_| allowance.hard_limit), quantity).into(),
+        crate::pgutil::int4_array(&thresholds),
+        crate::pgutil::int8_array(&uses),
         allowance.period_end.map(at).into(),
     ];
     let run = |stmt| spi_read::query(stmt, &args, Snapshot::OwnChanges, 1, |r| r.get::<i64>(1)).pop().flatten();
@@ -355,7 +390,17 @@ fn usage_all(workspace_id: Option<Uuid>) -> SetOfIterator<'static, UsageResultRo
 
 #[cfg(test)]
 mod tests {
-    use super::threshold_uses;
+    use super::{room, threshold_uses};
+
+    #[test]
+    fn room_is_the_highest_use_a_hard_limit_lets_the_quantity_be_added_to() {
+        assert_eq!(room(Some(1000), 1), 999);
+        assert_eq!(room(Some(1000), 1000), 0);
+        assert_eq!(room(Some(3), 5), -2, "more than the limit: no use allows it");
+        assert_eq!(room(Some(0), 1), -1);
+        assert_eq!(room(None, 7), i64::MAX);
+        assert_eq!(room(Some(i64::MIN + 1), 5), i64::MIN, "saturates instead of overflowing");
+    }
 
     #[test]
     fn threshold_uses_are_the_lowest_uses_that_reach_each_threshold() {

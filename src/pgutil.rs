@@ -21,6 +21,28 @@ pub fn timestamptz(t: i64) -> TimestampWithTimeZone {
     or_internal(TimestampWithTimeZone::try_from(t))
 }
 
+/// An `integer[]` argument, built directly (no per-call lookup of the array type).
+pub fn int4_array(values: &[i32]) -> pgrx::datum::DatumWithOid<'static> {
+    let elems: Vec<pg_sys::Datum> = values.iter().map(|v| pg_sys::Datum::from(*v)).collect();
+    // SAFETY: int4 is 4 bytes, passed by value, int-aligned; the array is palloc'd in the
+    // current memory context, and the OID is integer[]'s.
+    unsafe {
+        let array = pg_sys::construct_array(elems.as_ptr().cast_mut(), elems.len() as i32, pg_sys::INT4OID, 4, true, b'i' as std::ffi::c_char);
+        pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(array), pg_sys::INT4ARRAYOID)
+    }
+}
+
+/// A `bigint[]` argument (as `int4_array`).
+pub fn int8_array(values: &[i64]) -> pgrx::datum::DatumWithOid<'static> {
+    let elems: Vec<pg_sys::Datum> = values.iter().map(|v| pg_sys::Datum::from(*v)).collect();
+    // SAFETY: int8 is 8 bytes, passed by value on the 64-bit platforms PostgreSQL 15 builds
+    // pgrx for, double-aligned; as int4_array otherwise.
+    unsafe {
+        let array = pg_sys::construct_array(elems.as_ptr().cast_mut(), elems.len() as i32, pg_sys::INT8OID, 8, true, b'd' as std::ffi::c_char);
+        pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(array), pg_sys::INT8ARRAYOID)
+    }
+}
+
 /// A required argument: NULL raises 22004 naming it.
 pub fn require<T>(value: Option<T>, name: &str) -> T {
     value.unwrap_or_else(|| errors::null_argument(name))

@@ -572,6 +572,44 @@ fn usage_thresholds_notify_after_commit_only_and_once_per_period() {
     assert_eq!(got, vec![(8, 80), (10, 100)], "each threshold once, none from the rolled back consume");
 }
 
+/// `pg_entitlements.usage_thresholds` changed in a session applies to that session's next
+/// consume (the announcement rules follow the setting's text as it is at each call).
+#[test]
+fn a_changed_threshold_setting_applies_to_the_next_consume() {
+    let pg = Cluster::start("limits-thresholds-set");
+    let mut c = pg.connect();
+    add_metered(&mut c, "api", "free", "month", true);
+    exec(&mut c, "SELECT entitlements.set_feature_limit('api', 'free', 10)");
+    let ws = new_workspace(&mut c);
+    let mut listener = pg.connect();
+    exec(&mut listener, "LISTEN pg_entitlements_usage");
+    // Default 80,100: 1 and 2 announce nothing (and put the rules in the cache).
+    consume(&mut c, &ws, "api", 1);
+    consume(&mut c, &ws, "api", 1);
+    exec(&mut c, "SET pg_entitlements.usage_thresholds = '30'");
+    consume(&mut c, &ws, "api", 1); // 3: 30%
+    exec(&mut c, "SET pg_entitlements.usage_thresholds = '30, 50'");
+    consume(&mut c, &ws, "api", 1); // 4: nothing
+    consume(&mut c, &ws, "api", 1); // 5: 50%
+    exec(&mut c, "SET pg_entitlements.usage_thresholds = ''");
+    consume(&mut c, &ws, "api", 5); // 10: nothing, no thresholds
+    exec(&mut c, "RESET pg_entitlements.usage_thresholds");
+    exec(&mut c, "NOTIFY pg_entitlements_usage, 'marker'");
+    let mut got = Vec::new();
+    let mut notifications = listener.notifications();
+    let mut it = notifications.blocking_iter();
+    loop {
+        let n = postgres::fallible_iterator::FallibleIterator::next(&mut it).unwrap().expect("a notification");
+        if n.payload() == "marker" {
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
+        got.push((v["used"].as_i64().unwrap(), v["threshold"].as_i64().unwrap()));
+    }
+    assert_eq!(got, vec![(3, 30), (5, 50)], "each setting as it was at the consume");
+    assert_eq!(used(&mut c, &ws, "api"), 10);
+}
+
 fn add_counted(c: &mut Client, feature: &str) {
     exec(c, &format!("INSERT INTO entitlements.features (feature, min_tier, description, kind) VALUES ('{feature}', 'free', 'counted for a test', 'counted')"));
 }
