@@ -8,7 +8,8 @@
 //! one conditional UPDATE of the counter row, which takes the quantity only if the row is in
 //! the current period, the hard limit allows it and no usage threshold is reached for the
 //! first time (and for the workspace's first consume, one INSERT of the row on the same
-//! conditions). Anything else (a new period, a refusal, a threshold to announce, a key, a
+//! conditions). Below the first threshold that UPDATE compares `used` with one bound; at or
+//! past it, a second UPDATE looks at the thresholds already announced. Anything else (a new period, a refusal, a threshold to announce, a key, a
 //! refund, a read) goes to `entitlements.usage_apply` in sql/limits.sql, which holds the whole
 //! rule set; the fast path only ever does what it would have done.
 
@@ -31,6 +32,17 @@ const INT8_ARRAY: pg_sys::Oid = BuiltinOid::INT8ARRAYOID.value();
 static APPLY: Stmt = Stmt {
     sql: "SELECT entitlements.usage_apply($1, $2, $3, $4, $5, $6)",
     args: &[UUID, TEXT, INT8, TEXT, TEXT, TEXT],
+};
+/// The fast path's common case: the counter's new `used` when the quantity fits under $5, the
+/// highest `used` to which it may be added without reaching the hard limit or the first usage
+/// threshold (`below_first_threshold`); no row otherwise, and TAKE decides. The same shape as
+/// a bare conditional UPDATE of a counter.
+static TAKE_BELOW: Stmt = Stmt {
+    sql: "UPDATE entitlements.usage_counters uc
+             SET used = uc.used + $3
+           WHERE uc.workspace_id = $1 AND uc.feature = $2 AND uc.period_start = $4 AND uc.used <= $5
+       RETURNING uc.used",
+    args: &[UUID, TEXT, INT8, TIMESTAMPTZ, INT8],
 };
 /// The fast path of `consume` (see the module comment): the counter's new `used`, or no row.
 /// $4: the period's start; $5: the highest `used` the hard limit lets the quantity be added
@@ -199,6 +211,17 @@ fn room(hard_limit: Option<i64>, quantity: i64) -> i64 {
     hard_limit.map_or(i64::MAX, |l| l.saturating_sub(quantity))
 }
 
+/// TAKE_BELOW's bound: the highest `used` to which `quantity` may be added while staying
+/// within `room` and below the first threshold's use (`uses`, ascending; `None`: no use
+/// announces anything). Below the first threshold no threshold is reached, whatever has been
+/// announced, so nothing else needs to be looked at.
+fn below_first_threshold(room: i64, uses: Option<&[i64]>, quantity: i64) -> i64 {
+    match uses.and_then(|u| u.first()) {
+        Some(first) => room.min(first.saturating_sub(quantity).saturating_sub(1)),
+        None => room,
+    }
+}
+
 /// The `usage_result` of a consume that took its quantity, formed as usage_apply forms it.
 ///
 /// # Safety
@@ -239,23 +262,37 @@ fn consume_fast(workspace_id: Uuid, feature: &str, quantity: i64, fcinfo: pg_sys
         return None;
     }
     let thresholds = usage_thresholds();
-    let (thresholds, uses) = match threshold_uses(allowance.limit, &thresholds) {
-        Some(uses) => (thresholds, uses),
-        None => (std::rc::Rc::from([]), Vec::new()),
-    };
+    let uses = threshold_uses(allowance.limit, &thresholds);
+    let room = room(allowance.limit.filter(|_| allowance.hard_limit), quantity);
     let at = |t: i64| timestamptz(t);
-    let args = [
-        workspace_id.into(),
-        feature.into(),
-        quantity.into(),
-        at(allowance.period_start).into(),
-        room(allowance.limit.filter(|_| allowance.hard_limit), quantity).into(),
-        crate::pgutil::int4_array(&thresholds),
-        crate::pgutil::int8_array(&uses),
-        allowance.period_end.map(at).into(),
-    ];
-    let run = |stmt| spi_read::query(stmt, &args, Snapshot::OwnChanges, 1, |r| r.get::<i64>(1)).pop().flatten();
-    let used = as_extension_owner(|| run(&TAKE).or_else(|| run(&OPEN)))?;
+    let (workspace, feature_arg, quantity_arg, period_start) =
+        (|| workspace_id.into(), || feature.into(), || quantity.into(), || at(allowance.period_start).into());
+    let run = |stmt, args: &[pgrx::datum::DatumWithOid<'_>]| {
+        spi_read::query(stmt, args, Snapshot::OwnChanges, 1, |r| r.get::<i64>(1)).pop().flatten()
+    };
+    let used = as_extension_owner(|| {
+        // Usage below the first threshold (or no thresholds): one comparison decides.
+        let below = [workspace(), feature_arg(), quantity_arg(), period_start(), below_first_threshold(room, uses.as_deref(), quantity).into()];
+        run(&TAKE_BELOW, &below).or_else(|| {
+            let (thresholds, uses): (&[i32], &[i64]) = match &uses {
+                Some(uses) => (&thresholds, uses),
+                None => (&[], &[]),
+            };
+            let args = [
+                workspace(),
+                feature_arg(),
+                quantity_arg(),
+                period_start(),
+                room.into(),
+                crate::pgutil::int4_array(thresholds),
+                crate::pgutil::int8_array(uses),
+                allowance.period_end.map(at).into(),
+            ];
+            // At or past the first threshold: the announced ones decide (a row that does not
+            // exist yet makes both UPDATEs find nothing).
+            if !uses.is_empty() { run(&TAKE, &args) } else { None }.or_else(|| run(&OPEN, &args))
+        })
+    })?;
     // SAFETY: fcinfo is consume's current call.
     Some(unsafe { taken(fcinfo, feature, used, &allowance) })
 }
@@ -390,7 +427,18 @@ fn usage_all(workspace_id: Option<Uuid>) -> SetOfIterator<'static, UsageResultRo
 
 #[cfg(test)]
 mod tests {
-    use super::{room, threshold_uses};
+    use super::{below_first_threshold, room, threshold_uses};
+
+    #[test]
+    fn below_first_threshold_keeps_the_new_use_under_the_first_threshold_and_the_limit() {
+        // Limit 1000, thresholds at 800 and 1000: a use of 799 announces nothing.
+        assert_eq!(below_first_threshold(999, Some(&[800, 1000]), 1), 798, "798 + 1 = 799 < 800");
+        assert_eq!(below_first_threshold(990, Some(&[800, 1000]), 10), 789);
+        assert_eq!(below_first_threshold(500, Some(&[800, 1000]), 1), 500, "the hard limit is lower");
+        assert_eq!(below_first_threshold(999, Some(&[1, 15]), 5), -5, "no use is below: TAKE decides");
+        assert_eq!(below_first_threshold(999, None, 1), 999);
+        assert_eq!(below_first_threshold(i64::MAX, Some(&[i64::MIN]), 1), i64::MIN);
+    }
 
     #[test]
     fn room_is_the_highest_use_a_hard_limit_lets_the_quantity_be_added_to() {
