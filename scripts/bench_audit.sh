@@ -120,3 +120,10 @@ awk '{ s[$1] += $2; n[$1]++; v[$1] = v[$1] " " $2 }
 echo "audit counters (queued written dropped pending): $stats; rows in entitlement_checks: $rows"
 awk -v tck="$TCK" '{ t += $1; w += $2 } END { if (w > 0) printf "writer CPU per stored row: %.2f us (%d rows, %.2f CPU s)\n", t / tck / w * 1e6, w, t / tck }' "$cpu"
 echo "sustained: ${SUSTAINED_SECONDS} s of audit on at $sustained tps: $(( q1 - q0 )) records queued, $(( d1 - d0 )) dropped"
+# Where the audit's cost lands: CPU per check by process class (scripts/cpu_split.sh), audit
+# on beside audit off, one 12-second run each.
+for audit in all off; do
+    echo "CPU per check with pg_entitlements.audit = $audit:"
+    PORT=$PORT DB=app CLIENTS=$CLIENTS PGOPTIONS="-c pg_entitlements.audit=$audit" \
+        bash scripts/cpu_split.sh "$W/check.sql" 12 | sed 's/^/  /'
+done
