@@ -9,9 +9,10 @@
 //! the current period, the hard limit allows it and no usage threshold is reached for the
 //! first time (and for the workspace's first consume, one INSERT of the row on the same
 //! conditions). Below the first threshold that UPDATE compares `used` with one bound; at or
-//! past it, a second UPDATE looks at the thresholds already announced. Anything else (a new period, a refusal, a threshold to announce, a key, a
-//! refund, a read) goes to `entitlements.usage_apply` in sql/limits.sql, which holds the whole
-//! rule set; the fast path only ever does what it would have done.
+//! past it, a second UPDATE looks at the thresholds already announced. Anything else (a new
+//! period, a refusal, a threshold to announce, a key, a refund, a read) goes to
+//! `entitlements.usage_apply` in sql/limits.sql, which holds the whole rule set; the fast
+//! path only ever does what it would have done.
 
 use crate::pgutil::{require, timestamptz};
 use crate::cache::table::Allowance;
@@ -141,7 +142,11 @@ fn usage_owner() -> pg_sys::Oid {
             return owner;
         }
         let ns = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
-        let rel = if ns == pg_sys::InvalidOid { pg_sys::InvalidOid } else { pg_sys::get_relname_relid(c"usage_counters".as_ptr(), ns) };
+        let rel = if ns == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::get_relname_relid(c"usage_counters".as_ptr(), ns)
+        };
         TABLE.set((ns, rel));
         owner_of((ns, rel)).unwrap_or_else(|| errors::internal("entitlements.usage_counters does not exist"))
     }
@@ -176,7 +181,8 @@ fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
 /// ascending. Parsed again only when the setting's text changes.
 fn usage_thresholds() -> std::rc::Rc<[i32]> {
     thread_local! {
-        static PARSED: std::cell::RefCell<(Vec<u8>, std::rc::Rc<[i32]>)> = std::cell::RefCell::new((Vec::new(), std::rc::Rc::from([])));
+        static PARSED: std::cell::RefCell<(Vec<u8>, std::rc::Rc<[i32]>)> =
+            std::cell::RefCell::new((Vec::new(), std::rc::Rc::from([])));
     }
     crate::gucs::with_usage_thresholds_text(|text| {
         PARSED.with_borrow_mut(|(seen, thresholds)| {
@@ -272,7 +278,8 @@ fn consume_fast(workspace_id: Uuid, feature: &str, quantity: i64, fcinfo: pg_sys
     };
     let used = as_extension_owner(|| {
         // Usage below the first threshold (or no thresholds): one comparison decides.
-        let below = [workspace(), feature_arg(), quantity_arg(), period_start(), below_first_threshold(room, uses.as_deref(), quantity).into()];
+        let bound = below_first_threshold(room, uses.as_deref(), quantity);
+        let below = [workspace(), feature_arg(), quantity_arg(), period_start(), bound.into()];
         run(&TAKE_BELOW, &below).or_else(|| {
             let (thresholds, uses): (&[i32], &[i64]) = match &uses {
                 Some(uses) => (&thresholds, uses),

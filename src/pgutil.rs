@@ -27,7 +27,8 @@ pub fn int4_array(values: &[i32]) -> pgrx::datum::DatumWithOid<'static> {
     // SAFETY: int4 is 4 bytes, passed by value, int-aligned; the array is palloc'd in the
     // current memory context, and the OID is integer[]'s.
     unsafe {
-        let array = pg_sys::construct_array(elems.as_ptr().cast_mut(), elems.len() as i32, pg_sys::INT4OID, 4, true, b'i' as std::ffi::c_char);
+        let (len, align) = (4, b'i' as std::ffi::c_char);
+        let array = pg_sys::construct_array(elems.as_ptr().cast_mut(), elems.len() as i32, pg_sys::INT4OID, len, true, align);
         pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(array), pg_sys::INT4ARRAYOID)
     }
 }
@@ -38,7 +39,8 @@ pub fn int8_array(values: &[i64]) -> pgrx::datum::DatumWithOid<'static> {
     // SAFETY: int8 is 8 bytes, passed by value on the 64-bit platforms PostgreSQL 15 builds
     // pgrx for, double-aligned; as int4_array otherwise.
     unsafe {
-        let array = pg_sys::construct_array(elems.as_ptr().cast_mut(), elems.len() as i32, pg_sys::INT8OID, 8, true, b'd' as std::ffi::c_char);
+        let (len, align) = (8, b'd' as std::ffi::c_char);
+        let array = pg_sys::construct_array(elems.as_ptr().cast_mut(), elems.len() as i32, pg_sys::INT8OID, len, true, align);
         pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(array), pg_sys::INT8ARRAYOID)
     }
 }
