@@ -23,25 +23,39 @@ pub fn timestamptz(t: i64) -> TimestampWithTimeZone {
 
 /// An `integer[]` argument, built directly (no per-call lookup of the array type).
 pub fn int4_array(values: &[i32]) -> pgrx::datum::DatumWithOid<'static> {
-    let elems: Vec<pg_sys::Datum> = values.iter().map(|v| pg_sys::Datum::from(*v)).collect();
-    // SAFETY: int4 is 4 bytes, passed by value, int-aligned; the array is palloc'd in the
-    // current memory context, and the OID is integer[]'s.
-    unsafe {
-        let (len, align) = (4, b'i' as std::ffi::c_char);
-        let array = pg_sys::construct_array(elems.as_ptr().cast_mut(), elems.len() as i32, pg_sys::INT4OID, len, true, align);
-        pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(array), pg_sys::INT4ARRAYOID)
-    }
+    let elems = values.iter().map(|v| pg_sys::Datum::from(*v)).collect();
+    // SAFETY: int4 is 4 bytes, passed by value, int-aligned.
+    unsafe { by_value_array(elems, pg_sys::INT4OID, pg_sys::INT4ARRAYOID, 4, b'i') }
 }
 
-/// A `bigint[]` argument (as `int4_array`).
+/// A `bigint[]` argument, built directly.
 pub fn int8_array(values: &[i64]) -> pgrx::datum::DatumWithOid<'static> {
-    let elems: Vec<pg_sys::Datum> = values.iter().map(|v| pg_sys::Datum::from(*v)).collect();
-    // SAFETY: int8 is 8 bytes, passed by value on the 64-bit platforms PostgreSQL 15 builds
-    // pgrx for, double-aligned; as int4_array otherwise.
+    let elems = values.iter().map(|v| pg_sys::Datum::from(*v)).collect();
+    // SAFETY: int8 is 8 bytes, passed by value on the 64-bit platforms pgrx builds for,
+    // double-aligned.
+    unsafe { by_value_array(elems, pg_sys::INT8OID, pg_sys::INT8ARRAYOID, 8, b'd') }
+}
+
+/// An array of a pass-by-value type, palloc'd in the current memory context; an empty one is
+/// PostgreSQL's canonical empty array (no dimensions), as `'{}'` reads.
+///
+/// # Safety
+/// `len`, `align` must be `elem`'s, `elem` passed by value, and `array` its array type.
+unsafe fn by_value_array(
+    mut elems: Vec<pg_sys::Datum>,
+    elem: pg_sys::Oid,
+    array: pg_sys::Oid,
+    len: i32,
+    align: u8,
+) -> pgrx::datum::DatumWithOid<'static> {
+    // SAFETY: as the caller promises; construct_array copies the elements.
     unsafe {
-        let (len, align) = (8, b'd' as std::ffi::c_char);
-        let array = pg_sys::construct_array(elems.as_ptr().cast_mut(), elems.len() as i32, pg_sys::INT8OID, len, true, align);
-        pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(array), pg_sys::INT8ARRAYOID)
+        let value = if elems.is_empty() {
+            pg_sys::construct_empty_array(elem)
+        } else {
+            pg_sys::construct_array(elems.as_mut_ptr(), elems.len() as i32, elem, len, true, align as std::ffi::c_char)
+        };
+        pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(value), array)
     }
 }
 
