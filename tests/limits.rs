@@ -534,6 +534,23 @@ fn a_signed_stripe_renewal_event_starts_a_new_period() {
     assert_eq!(kept, (now - 20 * day, 40));
 }
 
+/// The usage notifications `listener` (LISTENing on pg_entitlements_usage) has received, in
+/// order: a marker is sent from `c` after everything, and every notification committed
+/// before it has been delivered by the time the marker is.
+fn usage_notifications(c: &mut Client, listener: &mut Client) -> Vec<serde_json::Value> {
+    exec(c, "NOTIFY pg_entitlements_usage, 'marker'");
+    let mut got = Vec::new();
+    let mut notifications = listener.notifications();
+    let mut it = notifications.blocking_iter();
+    loop {
+        let n = postgres::fallible_iterator::FallibleIterator::next(&mut it).unwrap().expect("a notification");
+        if n.payload() == "marker" {
+            return got;
+        }
+        got.push(serde_json::from_str(n.payload()).unwrap());
+    }
+}
+
 /// Crossing 80% and 100% of the limit sends one NOTIFY each per period, delivered only when
 /// the consuming transaction commits.
 #[test]
@@ -553,17 +570,8 @@ fn usage_thresholds_notify_after_commit_only_and_once_per_period() {
     }
     exec(&mut c, &format!("SELECT entitlements.refund({ws}, 'api', 5)"));
     consume(&mut c, &ws, "api", 5);
-    // A marker after everything: every notification before it has been delivered by then.
-    exec(&mut c, "NOTIFY pg_entitlements_usage, 'marker'");
     let mut got = Vec::new();
-    let mut notifications = listener.notifications();
-    let mut it = notifications.blocking_iter();
-    loop {
-        let n = postgres::fallible_iterator::FallibleIterator::next(&mut it).unwrap().expect("a notification");
-        if n.payload() == "marker" {
-            break;
-        }
-        let v: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
+    for v in usage_notifications(&mut c, &mut listener) {
         assert_eq!(v["workspace_id"], ws.0.as_str());
         assert_eq!(v["feature"], "api");
         assert_eq!(v["limit"], 10);
@@ -594,18 +602,10 @@ fn a_changed_threshold_setting_applies_to_the_next_consume() {
     exec(&mut c, "SET pg_entitlements.usage_thresholds = ''");
     consume(&mut c, &ws, "api", 5); // 10: nothing, no thresholds
     exec(&mut c, "RESET pg_entitlements.usage_thresholds");
-    exec(&mut c, "NOTIFY pg_entitlements_usage, 'marker'");
-    let mut got = Vec::new();
-    let mut notifications = listener.notifications();
-    let mut it = notifications.blocking_iter();
-    loop {
-        let n = postgres::fallible_iterator::FallibleIterator::next(&mut it).unwrap().expect("a notification");
-        if n.payload() == "marker" {
-            break;
-        }
-        let v: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
-        got.push((v["used"].as_i64().unwrap(), v["threshold"].as_i64().unwrap()));
-    }
+    let got: Vec<(i64, i64)> = usage_notifications(&mut c, &mut listener)
+        .iter()
+        .map(|v| (v["used"].as_i64().unwrap(), v["threshold"].as_i64().unwrap()))
+        .collect();
     assert_eq!(got, vec![(3, 30), (5, 50)], "each setting as it was at the consume");
     assert_eq!(used(&mut c, &ws, "api"), 10);
 }
