@@ -534,6 +534,18 @@ fn a_signed_stripe_renewal_event_starts_a_new_period() {
     assert_eq!(kept, (now - 20 * day, 40));
 }
 
+/// A metered `api` (monthly, hard limit of 10 on free), a workspace, and a second session
+/// LISTENing on pg_entitlements_usage.
+fn api_limited_to_10(pg: Cluster) -> (Cluster, Client, uuid_string::Ws, Client) {
+    let mut c = pg.connect();
+    add_metered(&mut c, "api", "free", "month", true);
+    exec(&mut c, "SELECT entitlements.set_feature_limit('api', 'free', 10)");
+    let ws = new_workspace(&mut c);
+    let mut listener = pg.connect();
+    exec(&mut listener, "LISTEN pg_entitlements_usage");
+    (pg, c, ws, listener)
+}
+
 /// The usage notifications `listener` (LISTENing on pg_entitlements_usage) has received, in
 /// order: a marker is sent from `c` after everything, and every notification committed
 /// before it has been delivered by the time the marker is.
@@ -555,13 +567,7 @@ fn usage_notifications(c: &mut Client, listener: &mut Client) -> Vec<serde_json:
 /// the consuming transaction commits.
 #[test]
 fn usage_thresholds_notify_after_commit_only_and_once_per_period() {
-    let pg = Cluster::start("limits-notify");
-    let mut c = pg.connect();
-    add_metered(&mut c, "api", "free", "month", true);
-    exec(&mut c, "SELECT entitlements.set_feature_limit('api', 'free', 10)");
-    let ws = new_workspace(&mut c);
-    let mut listener = pg.connect();
-    exec(&mut listener, "LISTEN pg_entitlements_usage");
+    let (_pg, mut c, ws, mut listener) = api_limited_to_10(Cluster::start("limits-notify"));
     // Crosses 80% in a transaction that rolls back: nothing is delivered.
     exec(&mut c, &format!("BEGIN; SELECT entitlements.consume({ws}, 'api', 9); ROLLBACK"));
     // Then committed: 7 (no threshold), 8 (80%), 9 (none: 80% was announced), 10 (100%).
@@ -584,13 +590,7 @@ fn usage_thresholds_notify_after_commit_only_and_once_per_period() {
 /// consume (the announcement rules follow the setting's text as it is at each call).
 #[test]
 fn a_changed_threshold_setting_applies_to_the_next_consume() {
-    let pg = Cluster::start("limits-thresholds-set");
-    let mut c = pg.connect();
-    add_metered(&mut c, "api", "free", "month", true);
-    exec(&mut c, "SELECT entitlements.set_feature_limit('api', 'free', 10)");
-    let ws = new_workspace(&mut c);
-    let mut listener = pg.connect();
-    exec(&mut listener, "LISTEN pg_entitlements_usage");
+    let (_pg, mut c, ws, mut listener) = api_limited_to_10(Cluster::start("limits-thresholds-set"));
     // Default 80,100: 1 and 2 announce nothing (and put the rules in the cache).
     consume(&mut c, &ws, "api", 1);
     consume(&mut c, &ws, "api", 1);
