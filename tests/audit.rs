@@ -235,6 +235,65 @@ fn a_full_queue_drops_and_counts_but_answers_every_check() {
     assert!(reports[0].contains("because the queue was full"), "{}", reports[0]);
 }
 
+/// Producers append side by side (the queue's lock in shared mode) and a writer reads up to
+/// the first record still being copied: with several sessions filling a small ring many
+/// times over, every record is stored once, none twice, none from an earlier lap of the ring.
+#[test]
+fn concurrent_sessions_each_record_is_stored_exactly_once() {
+    const SESSIONS: usize = 4;
+    const CHECKS: i64 = 5000;
+    let pg = Cluster::start_with("audit-concurrent", &["pg_entitlements.audit_queue_size = 1024"]);
+    let mut c = pg.connect();
+    let workspaces: Vec<uuid_string::Ws> = (0..SESSIONS).map(|_| new_workspace(&mut c)).collect();
+    check(&mut c, &workspaces[0], "ccp-01"); // starts the writer
+    flush(&mut c);
+    let (queued_before, _, _, _, _) = stats(&mut c);
+    std::thread::scope(|scope| {
+        for ws in &workspaces {
+            let mut session = pg.connect();
+            scope.spawn(move || {
+                // Each record is told apart by its user_id: the row's number in the series.
+                let answered = count(
+                    &mut session,
+                    &format!(
+                        "SELECT count((entitlements.entitlement_check({ws}, 'ccp-01')).enabled)
+                           FROM generate_series(1, {CHECKS}) g,
+                                LATERAL pg_catalog.set_config('pg_entitlements.user_id', g::text, false) s"
+                    ),
+                );
+                assert_eq!(answered, CHECKS);
+            });
+        }
+    });
+    flush(&mut c);
+    let (queued, written, dropped, pending, _) = stats(&mut c);
+    let total = SESSIONS as i64 * CHECKS;
+    assert_eq!(queued - queued_before + dropped, total, "each check is queued or counted as dropped");
+    assert_eq!(pending, 0);
+    assert!(queued - queued_before > 1024, "the ring went round more than once");
+    let mut stored = 0;
+    for ws in &workspaces {
+        let r = c
+            .query_one(
+                &format!(
+                    "SELECT count(*), count(DISTINCT user_id),
+                            count(*) FILTER (WHERE user_id::int NOT BETWEEN 1 AND {CHECKS})
+                       FROM entitlements.entitlement_checks WHERE workspace_id = {ws} AND user_id IS NOT NULL"
+                ),
+                &[],
+            )
+            .unwrap();
+        let (rows, distinct, foreign): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        assert_eq!(rows, distinct, "a record of {ws} stored twice");
+        assert_eq!(foreign, 0, "a record of {ws} that no check of its session made");
+        if dropped == 0 {
+            assert_eq!(rows, CHECKS, "every check of {ws} stored");
+        }
+        stored += rows;
+    }
+    assert_eq!(stored + 1, written, "the rows stored are the rows counted as written (and the first check)");
+}
+
 fn kill9(pid: i32) {
     let st = Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap();
     assert!(st.success(), "kill -9 {pid}");

@@ -4,11 +4,15 @@
 //! with audited checks has a writer (a dynamic background worker) in a slot of its own, with
 //! its own read cursor: it stores its database's records and skips the others'.
 //!
-//! Many producers (backends) append under one LWLock held for a copy. A writer reads without
-//! the lock from its cursor to the tail and advances its cursor only after its rows
-//! committed. The ring's head, what producers compare with the tail for "full" and what
-//! `flush_audit()` waits on, is the lowest cursor of the slots in use. A full queue drops the
-//! record: a check never waits for the audit.
+//! Producers (backends) hold the queue's LWLock in shared mode while they append, so they
+//! never wait for one another: each reserves a sequence number by advancing the tail with a
+//! compare-and-swap, copies its record into that entry, and publishes it by setting the
+//! entry's stamp to the sequence number + 1. Claiming, attaching and freeing a writer slot
+//! take the lock exclusively, so they see no append half done. A writer reads without the
+//! lock from its cursor up to the first entry not yet published, and advances its cursor
+//! only after its rows committed. The ring's head, what producers compare with the tail for
+//! "full" and what `flush_audit()` waits on, is the lowest cursor of the slots in use. A full
+//! queue drops the record: a check never waits for the audit.
 
 use super::record::Record;
 use crate::gucs;
@@ -86,9 +90,10 @@ struct Header {
     capacity: u64,
     /// Slots in use at most (`pg_entitlements.audit_max_databases`).
     max_writers: usize,
-    /// Next sequence number a producer will fill. Stored under `lock`.
+    /// Next sequence number a producer will reserve; only ever advanced, by a producer
+    /// holding `lock` (shared or exclusive). Every reservation is a queued record, so it is
+    /// also the count of records queued since the server started.
     tail: AtomicU64,
-    queued: AtomicU64,
     written: AtomicU64,
     dropped: [AtomicU64; CAUSES],
     /// The drop counts last written to the server log, and when.
@@ -102,12 +107,18 @@ struct Header {
 /// This process's view of the segment; null without `shared_preload_libraries`.
 static QUEUE: AtomicPtr<Header> = AtomicPtr::new(std::ptr::null_mut());
 
-fn records_offset() -> usize {
-    std::mem::size_of::<Header>().next_multiple_of(std::mem::align_of::<Record>().max(64))
+/// The segment: the header, one stamp per entry (an entry holding the record of sequence
+/// number `seq` has stamp `seq + 1`; anything else means not published yet), the records.
+fn stamps_offset() -> usize {
+    std::mem::size_of::<Header>().next_multiple_of(64)
+}
+
+fn records_offset(capacity: usize) -> usize {
+    (stamps_offset() + capacity * std::mem::size_of::<AtomicU64>()).next_multiple_of(std::mem::align_of::<Record>().max(64))
 }
 
 fn segment_size(capacity: usize) -> usize {
-    records_offset() + capacity * std::mem::size_of::<Record>()
+    records_offset(capacity) + capacity * std::mem::size_of::<Record>()
 }
 
 fn capacity_setting() -> usize {
@@ -173,8 +184,20 @@ fn header() -> Option<&'static Header> {
 }
 
 fn ring_slot(h: &Header, seq: u64) -> *mut Record {
-    let base = (h as *const Header as *mut u8).wrapping_add(records_offset()).cast::<Record>();
+    let base = (h as *const Header as *mut u8).wrapping_add(records_offset(h.capacity as usize)).cast::<Record>();
     base.wrapping_add((seq % h.capacity) as usize)
+}
+
+fn stamp(h: &Header, seq: u64) -> &AtomicU64 {
+    let base = (h as *const Header as *const u8).wrapping_add(stamps_offset()).cast::<AtomicU64>();
+    // SAFETY: the stamps array has `capacity` entries right after the header, zeroed at
+    // startup (valid AtomicU64s), and lives as long as the segment.
+    unsafe { &*base.wrapping_add((seq % h.capacity) as usize) }
+}
+
+/// Whether the record of `seq` has been written into its entry.
+fn published(h: &Header, seq: u64) -> bool {
+    stamp(h, seq).load(Ordering::Acquire) == seq + 1
 }
 
 fn writers(h: &Header) -> &[Slot] {
@@ -184,9 +207,13 @@ fn writers(h: &Header) -> &[Slot] {
 /// Run `f` holding the queue lock. `f` must not raise an ERROR (atomics and copies only),
 /// except where said otherwise at the call.
 fn locked<R>(h: &Header, f: impl FnOnce() -> R) -> R {
+    locked_as(h, pg_sys::LWLockMode::LW_EXCLUSIVE, f)
+}
+
+fn locked_as<R>(h: &Header, mode: pg_sys::LWLockMode::Type, f: impl FnOnce() -> R) -> R {
     // SAFETY: the lock is the tranche's LWLock in shared memory; an ERROR inside would be
     // released by the transaction abort (LWLockReleaseAll).
-    unsafe { pg_sys::LWLockAcquire(h.lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+    unsafe { pg_sys::LWLockAcquire(h.lock, mode) };
     let r = f();
     // SAFETY: acquired above.
     unsafe { pg_sys::LWLockRelease(h.lock) };
@@ -272,33 +299,27 @@ fn report_drops_at(now: i64) {
     }
 }
 
-/// What `push` did with a record.
-pub enum Pushed {
-    Queued,
-    Dropped(Cause),
-}
-
-/// Append a record of database `db`. The first record of a database without a writer claims
-/// a free slot and calls `start(slot, generation)` to register its worker (under the lock, so
-/// only one registration happens); when every slot serves another database, or the worker
-/// cannot be registered, the record is dropped. Never waits beyond the lock.
-pub fn push(record: &Record, db: u32, start: impl Fn(usize, u32) -> bool) -> Pushed {
+/// Append a record of database `db`. Usually its database has a writer: the record is
+/// appended holding the lock in shared mode, alongside other producers. Otherwise the lock
+/// is taken exclusively: the first record of a database without a writer claims a free slot
+/// and calls `start(slot, generation)` to register its worker (so only one registration
+/// happens); when every slot serves another database, or the worker cannot be registered,
+/// the record is dropped. Never waits beyond the lock.
+pub fn push(record: &Record, db: u32, start: impl Fn(usize, u32) -> bool) {
     let Some(h) = header() else {
         UNQUEUED.fetch_add(1, Ordering::Relaxed);
-        return Pushed::Dropped(Cause::NoWriter);
+        return;
     };
-    let outcome = locked(h, || {
-        let tail = h.tail.load(Ordering::Relaxed);
-        let ours = writers(h)
-            .iter()
-            .position(|s| s.state.load(Ordering::Relaxed) != FREE && s.database_oid.load(Ordering::Relaxed) == db);
-        match ours {
+    let fast = locked_as(h, pg_sys::LWLockMode::LW_SHARED, || {
+        let i = serving_slot(h, db)?;
+        // A worker that never attached is registered again below.
+        (!registration_lost(&h.slots[i])).then(|| append(h, record))
+    });
+    let outcome = fast.unwrap_or_else(|| locked(h, || {
+        match serving_slot(h, db) {
             Some(i) => {
                 let s = &h.slots[i];
-                // A worker that never attached (its registration lost): register it again.
-                if s.state.load(Ordering::Relaxed) == STARTING
-                    && now() - s.starting_since.load(Ordering::Relaxed) > START_TIMEOUT_US
-                {
+                if registration_lost(s) {
                     let generation = s.generation.fetch_add(1, Ordering::AcqRel) + 1;
                     s.starting_since.store(now(), Ordering::Relaxed);
                     // RegisterDynamicBackgroundWorker takes its own LWLock and reports
@@ -308,12 +329,14 @@ pub fn push(record: &Record, db: u32, start: impl Fn(usize, u32) -> bool) -> Pus
             }
             None => {
                 let Some(i) = writers(h).iter().position(|s| s.state.load(Ordering::Relaxed) == FREE) else {
-                    return Pushed::Dropped(Cause::NoWriter);
+                    return Appended::Dropped(Cause::NoWriter);
                 };
                 let s = &h.slots[i];
                 let generation = s.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 s.database_oid.store(db, Ordering::Relaxed);
-                s.cursor.store(tail, Ordering::Release);
+                // No producer holds the lock: every sequence number before the tail is
+                // published, and none of them is this database's.
+                s.cursor.store(h.tail.load(Ordering::Acquire), Ordering::Release);
                 s.attempts.store(0, Ordering::Relaxed);
                 s.leave.store(false, Ordering::Relaxed);
                 s.starting_since.store(now(), Ordering::Relaxed);
@@ -321,32 +344,65 @@ pub fn push(record: &Record, db: u32, start: impl Fn(usize, u32) -> bool) -> Pus
                 // As above: a failed registration is a result, not an ERROR.
                 if !start(i, generation) {
                     s.state.store(FREE, Ordering::Release);
-                    return Pushed::Dropped(Cause::NoWriter);
+                    return Appended::Dropped(Cause::NoWriter);
                 }
             }
         }
-        if tail - head(h) >= h.capacity {
-            return Pushed::Dropped(Cause::QueueFull);
-        }
-        // SAFETY: under the lock we are the only producer; the slot at `tail` is outside
-        // [head, tail), which the writers alone read.
-        unsafe { ring_slot(h, tail).write(*record) };
-        h.tail.store(tail + 1, Ordering::Release);
-        Pushed::Queued
-    });
+        append(h, record)
+    }));
     match outcome {
-        Pushed::Dropped(cause) => count_dropped(cause, 1),
-        Pushed::Queued => {
-            h.queued.fetch_add(1, Ordering::Relaxed);
+        Appended::Dropped(cause) => count_dropped(cause, 1),
+        Appended::Queued { fill } => {
             // Wake the writers early when the queue is half full, once per crossing, so a
             // burst drains before their regular tick.
-            let fill = h.tail.load(Ordering::Relaxed).saturating_sub(head(h));
             if fill == h.capacity.div_ceil(2) {
                 wake_writers();
             }
         }
     }
-    outcome
+}
+
+enum Appended {
+    /// Queued; `fill` records were in the ring with it.
+    Queued { fill: u64 },
+    Dropped(Cause),
+}
+
+/// The slot of the writer serving database `db`, if any.
+fn serving_slot(h: &Header, db: u32) -> Option<usize> {
+    writers(h)
+        .iter()
+        .position(|s| s.state.load(Ordering::Acquire) != FREE && s.database_oid.load(Ordering::Acquire) == db)
+}
+
+/// A slot whose worker has not attached within START_TIMEOUT_US of its registration (the
+/// registration lost to an ERROR, say).
+fn registration_lost(s: &Slot) -> bool {
+    s.state.load(Ordering::Acquire) == STARTING && now() - s.starting_since.load(Ordering::Relaxed) > START_TIMEOUT_US
+}
+
+/// Reserve the next sequence number, copy the record into its entry and publish it; with
+/// the lock held in either mode (an exclusive holder then sees every reservation published).
+fn append(h: &Header, record: &Record) -> Appended {
+    let mut tail = h.tail.load(Ordering::Acquire);
+    let fill = loop {
+        // The head only moves forward, so a ring full here was full at the exchange too. (The
+        // head can be past this `tail` already: writers read up to the newest tail.)
+        let fill = tail.saturating_sub(head(h));
+        if fill >= h.capacity {
+            return Appended::Dropped(Cause::QueueFull);
+        }
+        match h.tail.compare_exchange_weak(tail, tail + 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => break fill + 1,
+            Err(now_tail) => tail = now_tail,
+        }
+    };
+    // SAFETY: the entry of `tail` is ours alone: no other producer reserved it, and every
+    // writer's cursor is past its previous use (fill < capacity), and none reads it before
+    // the stamp below says it is published.
+    unsafe { ring_slot(h, tail).write(*record) };
+    stamp(h, tail).store(tail + 1, Ordering::Release);
+    Appended::Queued { fill }
 }
 
 /// Whether records of database `db` can be stored: a writer serves it or a slot is free.
@@ -428,9 +484,9 @@ pub fn release(slot: usize, force: bool) -> bool {
     let s = &h.slots[slot];
     let db = s.database_oid.load(Ordering::Relaxed);
     let left = locked(h, || {
-        let tail = h.tail.load(Ordering::Relaxed);
-        // SAFETY: [cursor, tail) is filled, and no producer overwrites it while our cursor
-        // holds the head (and we hold the lock).
+        let tail = h.tail.load(Ordering::Acquire);
+        // SAFETY: holding the lock exclusively, every entry in [cursor, tail) is published,
+        // and no producer overwrites it while our cursor holds the head.
         let mine = (s.cursor.load(Ordering::Relaxed)..tail)
             .filter(|&seq| unsafe { (*ring_slot(h, seq)).database_oid } == db)
             .count() as u64;
@@ -486,15 +542,29 @@ pub fn serving(db: u32) -> bool {
 /// Copy up to `max` records from the slot's cursor, without removing them.
 pub fn peek(slot: usize, max: usize, out: &mut Vec<Record>) {
     out.clear();
-    let Some(h) = header() else { return };
+    if let Some(h) = header() {
+        read_from_cursor(h, slot, max, out);
+    }
+}
+
+fn read_from_cursor(h: &Header, slot: usize, max: usize, out: &mut Vec<Record>) {
+    out.clear();
     let cursor = h.slots[slot].cursor.load(Ordering::Relaxed);
     let tail = h.tail.load(Ordering::Acquire);
     let n = tail.saturating_sub(cursor).min(max as u64);
-    for seq in cursor..cursor + n {
-        // SAFETY: [cursor, tail) is filled (tail was stored with Release after the write)
-        // and no producer touches it until the head moves past it, which our cursor holds.
+    // Up to the first entry still being written: its producer publishes it within moments,
+    // and the next drain takes it.
+    for seq in (cursor..cursor + n).take_while(|&seq| published(h, seq)) {
+        // SAFETY: published (the stamp was stored with Release after the write), and no
+        // producer touches the entry until the head moves past it, which our cursor holds.
         out.push(unsafe { ring_slot(h, seq).read() });
     }
+}
+
+/// Records from the slot's cursor to the tail (its database's and others').
+pub fn waiting(slot: usize) -> u64 {
+    let Some(h) = header() else { return 0 };
+    h.tail.load(Ordering::Acquire).saturating_sub(h.slots[slot].cursor.load(Ordering::Relaxed))
 }
 
 /// About to write the batch at the cursor; returns how many times this batch has been
@@ -555,7 +625,7 @@ pub fn statistics() -> Statistics {
         Some(h) => {
             let last = h.last_flush_at.load(Ordering::Relaxed);
             Statistics {
-                queued: h.queued.load(Ordering::Relaxed),
+                queued: h.tail.load(Ordering::Relaxed),
                 written: h.written.load(Ordering::Relaxed),
                 dropped: std::array::from_fn(|i| h.dropped[i].load(Ordering::Relaxed)),
                 pending: h.tail.load(Ordering::Acquire).saturating_sub(head(h)),
@@ -563,5 +633,128 @@ pub fn statistics() -> Statistics {
                 writer_running: writers(h).iter().any(|s| s.pid.load(Ordering::Acquire) != 0),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::InlineText;
+
+    /// A ring in ordinary memory, laid out as the shared segment is, with one running writer
+    /// slot for database 1.
+    struct TestRing {
+        base: *mut u8,
+        layout: std::alloc::Layout,
+    }
+
+    impl TestRing {
+        fn new(capacity: usize) -> TestRing {
+            let layout = std::alloc::Layout::from_size_align(segment_size(capacity), 64).unwrap();
+            // SAFETY: a non-zero size; zeroed memory is a valid header, stamps and records.
+            let base = unsafe { std::alloc::alloc_zeroed(layout) };
+            assert!(!base.is_null());
+            let ring = TestRing { base, layout };
+            // SAFETY: base is a zeroed, aligned Header at the start of the allocation.
+            let h = unsafe { &mut *base.cast::<Header>() };
+            h.capacity = capacity as u64;
+            h.max_writers = 1;
+            h.slots[0].database_oid.store(1, Ordering::Relaxed);
+            h.slots[0].state.store(RUNNING, Ordering::Relaxed);
+            ring
+        }
+
+        fn header(&self) -> &Header {
+            // SAFETY: initialised in new and alive as long as self.
+            unsafe { &*self.base.cast::<Header>() }
+        }
+    }
+
+    impl Drop for TestRing {
+        fn drop(&mut self) {
+            // SAFETY: allocated in new with this layout.
+            unsafe { std::alloc::dealloc(self.base, self.layout) };
+        }
+    }
+
+    fn record(producer: i64, n: i64) -> Record {
+        Record {
+            database_oid: 1,
+            result: true,
+            cached: false,
+            reason: 0,
+            checked_at: n,
+            workspace_id: [producer as u8; 16],
+            feature: InlineText::new(Some(&format!("{producer}-{n}"))),
+            user_id: InlineText::new(None),
+            user_agent: InlineText::new(Some(&"x".repeat((n % 100) as usize))),
+            ip_address: InlineText::new(None),
+            session_role: InlineText::new(Some("role")),
+            connection_addr: InlineText::new(None),
+            quantity: Some(producer * 1_000_000 + n).into(),
+        }
+    }
+
+    #[test]
+    fn producers_side_by_side_deliver_every_record_once_whole_and_in_their_order() {
+        const PRODUCERS: i64 = 4;
+        const EACH: i64 = 50_000;
+        // A small ring, so that it goes round hundreds of times while producers copy.
+        let ring = TestRing::new(64);
+        let addr = ring.header() as *const Header as usize;
+        let mut next = [0i64; PRODUCERS as usize];
+        // Set when the reader below stops (a failed assertion too), so that the producers
+        // stop waiting for room and the test fails rather than hangs.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        std::thread::scope(|scope| {
+            for p in 0..PRODUCERS {
+                let stop = &stop;
+                scope.spawn(move || {
+                    // SAFETY: the ring outlives the scope; Header is only shared atomics.
+                    let h = unsafe { &*(addr as *const Header) };
+                    for n in 0..EACH {
+                        let r = record(p, n);
+                        while let Appended::Dropped(cause) = append(h, &r) {
+                            assert_eq!(cause, Cause::QueueFull);
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            std::thread::yield_now();
+                        }
+                    }
+                });
+            }
+            let _stop = StopOnDrop(&stop);
+            let h = ring.header();
+            let mut batch = Vec::new();
+            let mut seen = 0;
+            while seen < PRODUCERS * EACH {
+                read_from_cursor(h, 0, 16, &mut batch);
+                for r in &batch {
+                    let q = r.quantity.get().unwrap();
+                    let (p, n) = (q / 1_000_000, q % 1_000_000);
+                    // Whole: every field agrees with the others.
+                    assert_eq!(r.feature.get(), Some(&*format!("{p}-{n}")));
+                    assert_eq!((r.checked_at, r.workspace_id), (n, [p as u8; 16]));
+                    assert_eq!(r.user_agent.get().map(str::len), Some((n % 100) as usize));
+                    // Once, and in the order its producer queued it.
+                    assert_eq!(n, next[p as usize], "producer {p}: record {n} out of order or repeated");
+                    next[p as usize] += 1;
+                }
+                seen += batch.len() as i64;
+                h.slots[0].cursor.fetch_add(batch.len() as u64, Ordering::AcqRel);
+                if batch.is_empty() {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        assert_eq!(next, [EACH; PRODUCERS as usize]);
+        assert_eq!(ring.header().tail.load(Ordering::Relaxed), (PRODUCERS * EACH) as u64);
     }
 }

@@ -28,6 +28,11 @@ const TICK: Duration = Duration::from_millis(200);
 /// so that the fixed cost of a batch (its transaction, the COPY's set-up, the rollups'
 /// statements) is shared by many rows.
 const BATCH: usize = 16384;
+/// After a batch, the writer goes on at once only while at least this many records of the
+/// queue wait; fewer wait for the next tick (or wake-up). Without it, the records that
+/// arrived while a batch was stored would make a smaller batch at once, and the records of
+/// that one a smaller one again: many small transactions, each paying the fixed cost.
+const BACKLOG_TO_CONTINUE: u64 = BATCH as u64 / 4;
 /// A batch whose INSERT failed this many times for a reason other than its data (each
 /// failure ends the worker, which restarts) is dropped and counted, so nothing can stop the
 /// audit for good.
@@ -194,7 +199,7 @@ pub extern "C-unwind" fn pg_entitlements_audit_writer(arg: pg_sys::Datum) {
             // SAFETY: the documented way for a worker to re-read postgresql.conf on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        let drained = drain(slot, db, &mut batch);
+        let drained = drain(slot, db, &mut batch, BACKLOG_TO_CONTINUE);
         queue::report_drops();
         if drained.stored_any {
             last_record = std::time::Instant::now();
@@ -224,7 +229,7 @@ pub extern "C-unwind" fn pg_entitlements_audit_writer(arg: pg_sys::Datum) {
     // restarts the worker after its restart time, and starts none while it shuts down, so
     // a terminated writer comes back (its slot keeps its cursor meanwhile) and a shutdown
     // still ends it.
-    drain(slot, db, &mut batch);
+    drain(slot, db, &mut batch, 1);
     log!("pg_entitlements audit writer for database {db} stopping (terminated); it restarts unless the server is shutting down");
     // SAFETY: proc_exit runs the exit callbacks (on_exit below) and ends the process.
     unsafe { pg_sys::proc_exit(1) };
@@ -248,8 +253,9 @@ struct Drained {
     extension_missing: bool,
 }
 
-/// Write every record of our database queued now, batch by batch, skipping the others'.
-fn drain(slot: usize, db: u32, batch: &mut Vec<Record>) -> Drained {
+/// Write the records of our database queued now, batch by batch, skipping the others', until
+/// fewer than `continue_from` records wait (1: until none does).
+fn drain(slot: usize, db: u32, batch: &mut Vec<Record>, continue_from: u64) -> Drained {
     let mut out = Drained { stored_any: false, extension_missing: false };
     loop {
         queue::peek(slot, BATCH, batch);
@@ -282,6 +288,9 @@ fn drain(slot: usize, db: u32, batch: &mut Vec<Record>) -> Drained {
             }
         };
         queue::consume(slot, batch.len(), written, dropped, cause, crate::pgutil::now());
+        if queue::waiting(slot) < continue_from {
+            return out;
+        }
     }
 }
 
