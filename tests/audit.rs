@@ -235,9 +235,10 @@ fn a_full_queue_drops_and_counts_but_answers_every_check() {
     assert!(reports[0].contains("because the queue was full"), "{}", reports[0]);
 }
 
-/// Producers append side by side (the queue's lock in shared mode) and a writer reads up to
-/// the first record still being copied: with several sessions filling a small ring many
-/// times over, every record is stored once, none twice, none from an earlier lap of the ring.
+/// Producers append side by side (each into a block of entries it reserved) and a writer
+/// reads up to the first record still being copied: with several sessions filling a small
+/// ring many times over, every record is stored once, none twice, none from an earlier lap
+/// of the ring.
 #[test]
 fn concurrent_sessions_each_record_is_stored_exactly_once() {
     const SESSIONS: usize = 4;
@@ -292,6 +293,48 @@ fn concurrent_sessions_each_record_is_stored_exactly_once() {
         stored += rows;
     }
     assert_eq!(stored + 1, written, "the rows stored are the rows counted as written (and the first check)");
+}
+
+/// A backend reserves a block of entries (16 in the default ring) and fills one per record.
+/// One that checks once and then idles must neither hold up the records queued after its
+/// block (the writer voids a reservation it has waited behind for a tick, without any
+/// flush_audit) nor count as having queued more records than it made; its next check
+/// reserves a new block.
+#[test]
+fn an_idle_sessions_reservation_neither_holds_up_later_records_nor_counts_as_queued() {
+    let pg = audited("audit-idle-reservation");
+    let mut c = pg.connect();
+    let ws = new_workspace(&mut c);
+    check(&mut c, &ws, "ccp-01"); // starts the writer
+    flush(&mut c);
+    let (queued0, written0, _, _, _) = stats(&mut c);
+    let mut idle = pg.connect();
+    check(&mut idle, &ws, "ccp-01");
+    let mut busy = pg.connect();
+    for _ in 0..5 {
+        check(&mut busy, &ws, "ccp-02");
+    }
+    let (queued, _, dropped, _, _) = stats(&mut c);
+    assert_eq!((queued - queued0, dropped), (6, 0), "reserved entries are not queued records");
+    // A writer idle for 10 s leaves, and voids the reservations as it does: the records must
+    // be stored well before that (in a tick or two, 200 ms each).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    while stats(&mut c).1 - written0 < 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the records are held up behind the idle session's reservation: {:?}\n{}",
+            stats(&mut c),
+            pg.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    check(&mut idle, &ws, "ccp-01");
+    drop(idle);
+    check(&mut busy, &ws, "ccp-02");
+    flush(&mut c);
+    let (queued, written, dropped, pending, _) = stats(&mut c);
+    assert_eq!((queued - queued0, written - written0, dropped, pending), (8, 8, 0, 0));
+    assert_eq!(rows_for(&mut c, &ws), 9, "the first check and the eight since");
 }
 
 fn kill9(pid: i32) {

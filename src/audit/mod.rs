@@ -359,6 +359,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// handled by then.
 #[pg_extern(volatile, parallel_restricted)]
 fn flush_audit() -> i64 {
+    // Reservations of idle backends would hold the writers up until their next tick.
+    queue::void_reservations();
     let (Some(target), Some(start)) = (queue::enqueued(), queue::handled()) else { return 0 };
     if target <= start {
         return 0;

@@ -4,19 +4,37 @@
 //! with audited checks has a writer (a dynamic background worker) in a slot of its own, with
 //! its own read cursor: it stores its database's records and skips the others'.
 //!
-//! Producers (backends) hold the queue's LWLock in shared mode while they append, so they
-//! never wait for one another: each reserves a sequence number by advancing the tail with a
-//! compare-and-swap, copies its record into that entry, and publishes it by setting the
-//! entry's stamp to the sequence number + 1. Claiming, attaching and freeing a writer slot
-//! take the lock exclusively, so they see no append half done. A writer reads without the
-//! lock from its cursor up to the first entry not yet published, and advances its cursor
-//! only after its rows committed. The ring's head, what producers compare with the tail for
-//! "full" and what `flush_audit()` waits on, is the lowest cursor of the slots in use. A full
-//! queue drops the record: a check never waits for the audit.
+//! Producers (backends) never wait for one another, and rarely touch memory another CPU
+//! writes: a backend reserves a block of entries at once (`block_size`: up to 16), holding
+//! the queue's LWLock in shared mode and advancing the tail with a compare-and-swap, marks
+//! them reserved, and then fills one entry per record without any lock: it turns the
+//! entry's stamp from reserved to writing (a compare-and-swap on its own entry), copies the
+//! record in, and publishes it by setting the stamp to the sequence number + 1. (One shared
+//! counter advanced by every check costs more CPU than the rest of the audit under
+//! concurrency: each advance moves its cache line from one CPU to the other.)
+//!
+//! A reservation can be voided: the writer voids the reservations it has waited behind for a
+//! whole tick (a backend that reserved a block and went idle), `flush_audit()` and a writer
+//! leaving void them all, and a backend voids its own when it exits. A void entry holds no
+//! record and every writer steps over it; the backend whose reservation was voided finds out
+//! at its next record (its compare-and-swap fails) and reserves a new block. Claiming,
+//! attaching and freeing a writer slot take the lock exclusively, so no reservation is half
+//! done; freeing one first voids every reservation and waits for the entries being written,
+//! so it counts the database's pending records exactly.
+//!
+//! A writer reads without the lock from its cursor up to the first entry neither published
+//! nor void, and advances its cursor only after its rows committed. The ring's head, what
+//! producers compare with the tail for "full" and what `flush_audit()` waits on, is the
+//! lowest cursor of the slots in use. A full queue drops the record: a check never waits
+//! for the audit.
+//!
+//! The tail has a cache line of its own, and each entry (its stamp, then its record) fills
+//! whole lines of its own, so backends filling their blocks side by side share no line.
 
 use super::record::Record;
 use crate::gucs;
 use pgrx::pg_sys;
+use std::cell::Cell;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
@@ -92,9 +110,12 @@ struct Header {
     max_writers: usize,
     /// Next sequence number a producer will reserve; only ever advanced, by a producer
     /// holding `lock` (shared or exclusive). Every reservation is a queued record, so it is
-    /// also the count of records queued since the server started.
-    tail: AtomicU64,
+    /// also the count of records queued since the server started. Alone in its cache line:
+    /// every append writes it, and the fields above are read by every append.
+    tail: CacheLine<AtomicU64>,
     written: AtomicU64,
+    /// Reservations voided (entries that hold no record): `queued` is the tail without them.
+    voided: AtomicU64,
     dropped: [AtomicU64; CAUSES],
     /// The drop counts last written to the server log, and when.
     reported: [AtomicU64; CAUSES],
@@ -104,21 +125,41 @@ struct Header {
     slots: [Slot; MAX_WRITERS],
 }
 
+/// A value alone in a cache line (64 bytes, what x86-64 and most ARM servers use).
+#[repr(C, align(64))]
+struct CacheLine<T>(T);
+
+impl<T> std::ops::Deref for CacheLine<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// One entry of the ring: an entry holding the record of sequence number `seq` has stamp
+/// `seq + 1`; anything else means not published yet. Whole cache lines, so that neighbouring
+/// entries, written by different backends at once, share none.
+#[repr(C, align(64))]
+struct Entry {
+    stamp: AtomicU64,
+    record: Record,
+}
+
+/// The queue's memory per record: docs/AUDIT.md and the README quote it.
+pub const ENTRY_SIZE: usize = 576;
+const _: () = assert!(std::mem::size_of::<Entry>() == ENTRY_SIZE);
+
 /// This process's view of the segment; null without `shared_preload_libraries`.
 static QUEUE: AtomicPtr<Header> = AtomicPtr::new(std::ptr::null_mut());
 
-/// The segment: the header, one stamp per entry (an entry holding the record of sequence
-/// number `seq` has stamp `seq + 1`; anything else means not published yet), the records.
-fn stamps_offset() -> usize {
-    std::mem::size_of::<Header>().next_multiple_of(64)
-}
-
-fn records_offset(capacity: usize) -> usize {
-    (stamps_offset() + capacity * std::mem::size_of::<AtomicU64>()).next_multiple_of(std::mem::align_of::<Record>().max(64))
+/// The segment: the header, then the ring's entries. (PostgreSQL aligns shared memory
+/// allocations to cache lines, so the segment starts on one.)
+fn entries_offset() -> usize {
+    std::mem::size_of::<Header>().next_multiple_of(std::mem::align_of::<Entry>())
 }
 
 fn segment_size(capacity: usize) -> usize {
-    records_offset(capacity) + capacity * std::mem::size_of::<Record>()
+    entries_offset() + capacity * std::mem::size_of::<Entry>()
 }
 
 fn capacity_setting() -> usize {
@@ -183,21 +224,68 @@ fn header() -> Option<&'static Header> {
     unsafe { p.as_ref() }
 }
 
-fn ring_slot(h: &Header, seq: u64) -> *mut Record {
-    let base = (h as *const Header as *mut u8).wrapping_add(records_offset(h.capacity as usize)).cast::<Record>();
+fn entry(h: &Header, seq: u64) -> *mut Entry {
+    let base = (h as *const Header as *mut u8).wrapping_add(entries_offset()).cast::<Entry>();
     base.wrapping_add((seq % h.capacity) as usize)
 }
 
-fn stamp(h: &Header, seq: u64) -> &AtomicU64 {
-    let base = (h as *const Header as *const u8).wrapping_add(stamps_offset()).cast::<AtomicU64>();
-    // SAFETY: the stamps array has `capacity` entries right after the header, zeroed at
-    // startup (valid AtomicU64s), and lives as long as the segment.
-    unsafe { &*base.wrapping_add((seq % h.capacity) as usize) }
+fn ring_slot(h: &Header, seq: u64) -> *mut Record {
+    // SAFETY: in bounds of the segment (entry() takes the index modulo the capacity); no
+    // reference is made, only the field's address.
+    unsafe { &raw mut (*entry(h, seq)).record }
 }
 
-/// Whether the record of `seq` has been written into its entry.
-fn published(h: &Header, seq: u64) -> bool {
-    stamp(h, seq).load(Ordering::Acquire) == seq + 1
+fn stamp(h: &Header, seq: u64) -> &AtomicU64 {
+    // SAFETY: the entries follow the header, `capacity` of them, zeroed at startup (a valid
+    // AtomicU64), and live as long as the segment.
+    unsafe { &(*entry(h, seq)).stamp }
+}
+
+// An entry's stamp for sequence number `seq`: `seq + 1` once its record is published, with
+// one of these flags while reserved, being written, or void. Anything else (a stamp of the
+// previous lap, or 0) means the entry is not reserved for `seq` yet. The flags sit far above
+// any sequence number.
+const RESERVED: u64 = 1 << 63;
+const WRITING: u64 = 1 << 62;
+const VOID: u64 = 1 << 61;
+const FLAGS: u64 = RESERVED | WRITING | VOID;
+
+/// What the writer finds at an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EntryState {
+    Published,
+    Void,
+    /// Reserved by a backend that has not written it yet.
+    Reserved,
+    /// Being written, or reserved a moment ago and not marked yet: wait.
+    Busy,
+}
+
+fn entry_state(h: &Header, seq: u64) -> EntryState {
+    let v = stamp(h, seq).load(Ordering::Acquire);
+    if v == seq + 1 {
+        EntryState::Published
+    } else if v == (seq + 1) | VOID {
+        EntryState::Void
+    } else if v == (seq + 1) | RESERVED {
+        EntryState::Reserved
+    } else {
+        EntryState::Busy
+    }
+}
+
+/// How many entries a backend reserves at once: 16 in a ring of at least 4096, fewer in
+/// smaller rings (down to 1 below 512), so that reservations of idle backends never hold
+/// more than a sliver of the ring.
+pub fn block_size(capacity: u64) -> u64 {
+    (capacity / 256).clamp(1, 16)
+}
+
+/// The entries this process reserved and has not filled yet: `[next, end)`.
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    next: u64,
+    end: u64,
 }
 
 fn writers(h: &Header) -> &[Slot] {
@@ -310,10 +398,19 @@ pub fn push(record: &Record, db: u32, start: impl Fn(usize, u32) -> bool) {
         UNQUEUED.fetch_add(1, Ordering::Relaxed);
         return;
     };
+    // Most records go into the block this backend reserved, without the lock. (A block is
+    // only ever reserved while a writer serves this database, and freeing that writer's slot
+    // voids it first.)
+    let mut block = BLOCK.with(Cell::get);
+    let filled = fill_reserved(h, &mut block, record);
+    BLOCK.with(|b| b.set(block));
+    if filled {
+        return;
+    }
     let fast = locked_as(h, pg_sys::LWLockMode::LW_SHARED, || {
         let i = serving_slot(h, db)?;
         // A worker that never attached is registered again below.
-        (!registration_lost(&h.slots[i])).then(|| append(h, record))
+        (!registration_lost(&h.slots[i])).then(|| append(h, &mut block, record))
     });
     let outcome = fast.unwrap_or_else(|| locked(h, || {
         match serving_slot(h, db) {
@@ -348,23 +445,56 @@ pub fn push(record: &Record, db: u32, start: impl Fn(usize, u32) -> bool) {
                 }
             }
         }
-        append(h, record)
+        append(h, &mut block, record)
     }));
+    BLOCK.with(|b| b.set(block));
     match outcome {
         Appended::Dropped(cause) => count_dropped(cause, 1),
         Appended::Queued { fill } => {
-            // Wake the writers early when the queue is half full, once per crossing, so a
+            // Wake the writers early when the queue gets half full, once per crossing, so a
             // burst drains before their regular tick.
-            if fill == h.capacity.div_ceil(2) {
+            let half = h.capacity.div_ceil(2);
+            if fill.start < half && half <= fill.end {
                 wake_writers();
             }
         }
     }
+    if block.is_some() {
+        void_block_at_exit();
+    }
+}
+
+thread_local! {
+    static BLOCK: Cell<Option<Block>> = const { Cell::new(None) };
+    static EXIT_CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Void what is left of this backend's block when it exits, so that no writer waits for it.
+fn void_block_at_exit() {
+    if EXIT_CALLBACK.with(|c| c.replace(true)) {
+        return;
+    }
+    // SAFETY: registers a callback run at process exit, while shared memory is attached.
+    unsafe { pg_sys::before_shmem_exit(Some(void_block_on_exit), pg_sys::Datum::from(0)) };
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn void_block_on_exit(_code: i32, _arg: pg_sys::Datum) {
+    let (Some(h), Some(block)) = (header(), BLOCK.with(|b| b.take())) else { return };
+    let voided = (block.next..block.end).filter(|&seq| void_reserved(h, seq)).count() as u64;
+    h.voided.fetch_add(voided, Ordering::Relaxed);
+}
+
+/// Turn the reservation of `seq` into a void entry, unless it is no longer reserved.
+fn void_reserved(h: &Header, seq: u64) -> bool {
+    let v = seq + 1;
+    stamp(h, seq).compare_exchange(v | RESERVED, v | VOID, Ordering::AcqRel, Ordering::Relaxed).is_ok()
 }
 
 enum Appended {
-    /// Queued; `fill` records were in the ring with it.
-    Queued { fill: u64 },
+    /// Queued; the ring held `fill.start` entries before this reservation and `fill.end`
+    /// after it.
+    Queued { fill: std::ops::Range<u64> },
     Dropped(Cause),
 }
 
@@ -381,28 +511,97 @@ fn registration_lost(s: &Slot) -> bool {
     s.state.load(Ordering::Acquire) == STARTING && now() - s.starting_since.load(Ordering::Relaxed) > START_TIMEOUT_US
 }
 
-/// Reserve the next sequence number, copy the record into its entry and publish it; with
-/// the lock held in either mode (an exclusive holder then sees every reservation published).
-fn append(h: &Header, record: &Record) -> Appended {
+/// Put the record into the next entry of `block`, if any is left and still reserved for us;
+/// false when the record must go through `append`. Without the lock.
+fn fill_reserved(h: &Header, block: &mut Option<Block>, record: &Record) -> bool {
+    let Some(b) = block.as_mut() else { return false };
+    let seq = b.next;
+    let v = seq + 1;
+    // Reserved -> writing: from here on nobody voids the entry, and a slot being freed waits
+    // for it to be published. Failing, the block was voided (from its next entry to its end).
+    let ours = stamp(h, seq).compare_exchange(v | RESERVED, v | WRITING, Ordering::AcqRel, Ordering::Relaxed).is_ok();
+    if ours {
+        // SAFETY: the entry is ours alone (reserved by us, marked writing by us), and no
+        // writer reads it before the stamp below says it is published.
+        unsafe { ring_slot(h, seq).write(*record) };
+        stamp(h, seq).store(v, Ordering::Release);
+        b.next += 1;
+    }
+    if !ours || b.next == b.end {
+        *block = None;
+    }
+    ours
+}
+
+/// Reserve a new block (up to `block_size` entries, fewer when the ring is nearly full), put
+/// the record into its first entry and mark the others reserved for `block`. With the lock
+/// held in either mode, so that an exclusive holder never sees a reservation half made.
+fn append(h: &Header, block: &mut Option<Block>, record: &Record) -> Appended {
+    let want = block_size(h.capacity);
     let mut tail = h.tail.load(Ordering::Acquire);
-    let fill = loop {
+    let (start, end, fill) = loop {
         // The head only moves forward, so a ring full here was full at the exchange too. (The
         // head can be past this `tail` already: writers read up to the newest tail.)
         let fill = tail.saturating_sub(head(h));
         if fill >= h.capacity {
             return Appended::Dropped(Cause::QueueFull);
         }
-        match h.tail.compare_exchange_weak(tail, tail + 1, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => break fill + 1,
+        let n = want.min(h.capacity - fill);
+        match h.tail.compare_exchange_weak(tail, tail + n, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => break (tail, tail + n, fill),
             Err(now_tail) => tail = now_tail,
         }
     };
-    // SAFETY: the entry of `tail` is ours alone: no other producer reserved it, and every
-    // writer's cursor is past its previous use (fill < capacity), and none reads it before
-    // the stamp below says it is published.
-    unsafe { ring_slot(h, tail).write(*record) };
-    stamp(h, tail).store(tail + 1, Ordering::Release);
-    Appended::Queued { fill }
+    // The entries are ours alone: no other producer reserved them, every writer's cursor is
+    // past their previous use (the ring had room), and no writer reads them before their
+    // stamps say published or void.
+    for seq in start + 1..end {
+        stamp(h, seq).store((seq + 1) | RESERVED, Ordering::Release);
+    }
+    // SAFETY: as just said.
+    unsafe { ring_slot(h, start).write(*record) };
+    stamp(h, start).store(start + 1, Ordering::Release);
+    *block = (start + 1 < end).then_some(Block { next: start + 1, end });
+    Appended::Queued { fill: fill..fill + (end - start) }
+}
+
+/// Void every reservation in the ring, and wait until no entry is being written: afterwards
+/// every entry before the tail is published or void, until producers reserve again. Returns
+/// how many reservations were voided. With the lock held exclusively (no reservation is half
+/// made, and none is made meanwhile).
+fn void_all_reserved(h: &Header) -> u64 {
+    let mut voided = 0;
+    for i in 0..h.capacity {
+        let st = stamp(h, i);
+        let v = st.load(Ordering::Acquire);
+        if v & RESERVED != 0
+            && st.compare_exchange(v, (v & !FLAGS) | VOID, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
+            voided += 1;
+        }
+    }
+    h.voided.fetch_add(voided, Ordering::Relaxed);
+    // An entry being written is published within moments: its producer holds no lock and
+    // does nothing but copy the record.
+    for i in 0..h.capacity {
+        let mut spins = 0u32;
+        while stamp(h, i).load(Ordering::Acquire) & WRITING != 0 {
+            spins += 1;
+            if spins < 1000 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+    voided
+}
+
+/// Void every reservation (see `void_all_reserved`): `flush_audit()` does before it waits, so
+/// that no idle backend's block holds it up.
+pub fn void_reservations() -> u64 {
+    let Some(h) = header() else { return 0 };
+    locked(h, || void_all_reserved(h))
 }
 
 /// Whether records of database `db` can be stored: a writer serves it or a slot is free.
@@ -484,11 +683,17 @@ pub fn release(slot: usize, force: bool) -> bool {
     let s = &h.slots[slot];
     let db = s.database_oid.load(Ordering::Relaxed);
     let left = locked(h, || {
+        // No record of the database may arrive once the slot is free: the reservations its
+        // backends hold are voided (everyone's: the others reserve again).
+        void_all_reserved(h);
         let tail = h.tail.load(Ordering::Acquire);
-        // SAFETY: holding the lock exclusively, every entry in [cursor, tail) is published,
-        // and no producer overwrites it while our cursor holds the head.
+        // SAFETY: after void_all_reserved with the lock held exclusively, every entry in
+        // [cursor, tail) is published or void, and no producer overwrites it while our
+        // cursor holds the head.
         let mine = (s.cursor.load(Ordering::Relaxed)..tail)
-            .filter(|&seq| unsafe { (*ring_slot(h, seq)).database_oid } == db)
+            .filter(|&seq| {
+                entry_state(h, seq) == EntryState::Published && unsafe { (*ring_slot(h, seq)).database_oid } == db
+            })
             .count() as u64;
         if mine > 0 && !force {
             return None;
@@ -539,26 +744,43 @@ pub fn serving(db: u32) -> bool {
     })
 }
 
-/// Copy up to `max` records from the slot's cursor, without removing them.
-pub fn peek(slot: usize, max: usize, out: &mut Vec<Record>) {
+/// Copy the records of up to `max` entries from the slot's cursor, without removing them;
+/// returns how many entries they span (void ones included): what `consume` then takes.
+pub fn peek(slot: usize, max: usize, out: &mut Vec<Record>) -> usize {
     out.clear();
-    if let Some(h) = header() {
-        read_from_cursor(h, slot, max, out);
+    match header() {
+        Some(h) => read_from_cursor(h, slot, max, out),
+        None => 0,
     }
 }
 
-fn read_from_cursor(h: &Header, slot: usize, max: usize, out: &mut Vec<Record>) {
+fn read_from_cursor(h: &Header, slot: usize, max: usize, out: &mut Vec<Record>) -> usize {
     out.clear();
     let cursor = h.slots[slot].cursor.load(Ordering::Relaxed);
     let tail = h.tail.load(Ordering::Acquire);
     let n = tail.saturating_sub(cursor).min(max as u64);
-    // Up to the first entry still being written: its producer publishes it within moments,
-    // and the next drain takes it.
-    for seq in (cursor..cursor + n).take_while(|&seq| published(h, seq)) {
-        // SAFETY: published (the stamp was stored with Release after the write), and no
-        // producer touches the entry until the head moves past it, which our cursor holds.
-        out.push(unsafe { ring_slot(h, seq).read() });
+    // Up to the first entry still reserved or being written: its producer publishes it (or
+    // its reservation is voided), and a later drain takes it.
+    let mut spanned = 0;
+    for seq in cursor..cursor + n {
+        match entry_state(h, seq) {
+            // SAFETY: published (the stamp was stored with Release after the write), and no
+            // producer touches the entry until the head moves past it, which our cursor holds.
+            EntryState::Published => out.push(unsafe { ring_slot(h, seq).read() }),
+            EntryState::Void => {}
+            EntryState::Reserved | EntryState::Busy => break,
+        }
+        spanned += 1;
     }
+    spanned
+}
+
+/// The sequence number of the reservation the slot's writer is held up by, if it is: the
+/// entry at its cursor is reserved and not written yet.
+pub fn held_up_by_reservation(slot: usize) -> Option<u64> {
+    let h = header()?;
+    let cursor = h.slots[slot].cursor.load(Ordering::Relaxed);
+    (cursor < h.tail.load(Ordering::Acquire) && entry_state(h, cursor) == EntryState::Reserved).then_some(cursor)
 }
 
 /// Records from the slot's cursor to the tail (its database's and others').
@@ -624,11 +846,23 @@ pub fn statistics() -> Statistics {
         }
         Some(h) => {
             let last = h.last_flush_at.load(Ordering::Relaxed);
+            // Entries before the tail that hold no record yet (reserved) or never will (void)
+            // are not queued records; the published ones past the head are pending.
+            let tail = h.tail.load(Ordering::Acquire);
+            let head = head(h);
+            let (mut reserved, mut pending) = (0, 0);
+            for seq in tail.saturating_sub(h.capacity)..tail {
+                match entry_state(h, seq) {
+                    EntryState::Reserved => reserved += 1,
+                    EntryState::Published | EntryState::Busy if seq >= head => pending += 1,
+                    _ => {}
+                }
+            }
             Statistics {
-                queued: h.tail.load(Ordering::Relaxed),
+                queued: tail.saturating_sub(h.voided.load(Ordering::Relaxed) + reserved),
                 written: h.written.load(Ordering::Relaxed),
                 dropped: std::array::from_fn(|i| h.dropped[i].load(Ordering::Relaxed)),
-                pending: h.tail.load(Ordering::Acquire).saturating_sub(head(h)),
+                pending,
                 last_flush_at: (last != 0).then_some(last),
                 writer_running: writers(h).iter().any(|s| s.pid.load(Ordering::Acquire) != 0),
             }
@@ -696,15 +930,29 @@ mod tests {
     }
 
     #[test]
+    fn block_size_is_16_in_large_rings_and_a_sliver_of_small_ones() {
+        assert_eq!(block_size(32768), 16);
+        assert_eq!(block_size(4096), 16);
+        assert_eq!(block_size(1024), 4);
+        assert_eq!(block_size(511), 1);
+        assert_eq!(block_size(8), 1);
+        assert_eq!(block_size(1 << 20), 16);
+    }
+
+    #[test]
     fn producers_side_by_side_deliver_every_record_once_whole_and_in_their_order() {
         const PRODUCERS: i64 = 4;
         const EACH: i64 = 50_000;
-        // A small ring, so that it goes round hundreds of times while producers copy.
-        let ring = TestRing::new(64);
+        // A small ring (blocks of 4), so that it goes round hundreds of times while
+        // producers fill their blocks; a voider voids reservations meanwhile, as the writer
+        // (behind an idle backend), flush_audit() and a writer leaving do; producers pause
+        // now and then, as idle backends do.
+        let ring = TestRing::new(1024);
+        assert_eq!(block_size(1024), 4);
         let addr = ring.header() as *const Header as usize;
         let mut next = [0i64; PRODUCERS as usize];
         // Set when the reader below stops (a failed assertion too), so that the producers
-        // stop waiting for room and the test fails rather than hangs.
+        // stop waiting for room, the voider stops, and the test fails rather than hangs.
         let stop = std::sync::atomic::AtomicBool::new(false);
         struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
         impl Drop for StopOnDrop<'_> {
@@ -712,21 +960,45 @@ mod tests {
                 self.0.store(true, Ordering::Relaxed);
             }
         }
+        let voids = std::sync::atomic::AtomicU64::new(0);
         std::thread::scope(|scope| {
             for p in 0..PRODUCERS {
                 let stop = &stop;
                 scope.spawn(move || {
                     // SAFETY: the ring outlives the scope; Header is only shared atomics.
                     let h = unsafe { &*(addr as *const Header) };
+                    let mut block = None;
                     for n in 0..EACH {
                         let r = record(p, n);
-                        while let Appended::Dropped(cause) = append(h, &r) {
+                        if fill_reserved(h, &mut block, &r) {
+                            continue;
+                        }
+                        while let Appended::Dropped(cause) = append(h, &mut block, &r) {
                             assert_eq!(cause, Cause::QueueFull);
                             if stop.load(Ordering::Relaxed) {
                                 return;
                             }
                             std::thread::yield_now();
                         }
+                        if n % 5000 == 0 {
+                            std::thread::sleep(std::time::Duration::from_millis(2));
+                        }
+                    }
+                    // Exit: what is left of the block is voided.
+                    if let Some(b) = block {
+                        let voided = (b.next..b.end).filter(|&seq| void_reserved(h, seq)).count() as u64;
+                        h.voided.fetch_add(voided, Ordering::Relaxed);
+                    }
+                });
+            }
+            {
+                let (stop, voids) = (&stop, &voids);
+                scope.spawn(move || {
+                    // SAFETY: as above.
+                    let h = unsafe { &*(addr as *const Header) };
+                    while !stop.load(Ordering::Relaxed) {
+                        voids.fetch_add(void_all_reserved(h), Ordering::Relaxed);
+                        std::thread::sleep(std::time::Duration::from_micros(200));
                     }
                 });
             }
@@ -734,8 +1006,15 @@ mod tests {
             let h = ring.header();
             let mut batch = Vec::new();
             let mut seen = 0;
+            let mut progress_at = std::time::Instant::now();
             while seen < PRODUCERS * EACH {
-                read_from_cursor(h, 0, 16, &mut batch);
+                // A record lost (written into a void entry, say) would leave the reader
+                // waiting for it forever.
+                assert!(progress_at.elapsed().as_secs() < 20, "no record for 20 s: {seen} of {} read", PRODUCERS * EACH);
+                let spanned = read_from_cursor(h, 0, 16, &mut batch);
+                if spanned > 0 {
+                    progress_at = std::time::Instant::now();
+                }
                 for r in &batch {
                     let q = r.quantity.get().unwrap();
                     let (p, n) = (q / 1_000_000, q % 1_000_000);
@@ -748,13 +1027,16 @@ mod tests {
                     next[p as usize] += 1;
                 }
                 seen += batch.len() as i64;
-                h.slots[0].cursor.fetch_add(batch.len() as u64, Ordering::AcqRel);
-                if batch.is_empty() {
+                h.slots[0].cursor.fetch_add(spanned as u64, Ordering::AcqRel);
+                if spanned == 0 {
                     std::thread::yield_now();
                 }
             }
         });
         assert_eq!(next, [EACH; PRODUCERS as usize]);
-        assert_eq!(ring.header().tail.load(Ordering::Relaxed), (PRODUCERS * EACH) as u64);
+        // Every reservation became a record or a void entry, and each void was counted once.
+        let h = ring.header();
+        assert!(voids.load(Ordering::Relaxed) > 0, "the voider never voided a reservation");
+        assert_eq!(h.tail.load(Ordering::Relaxed) - h.voided.load(Ordering::Relaxed), (PRODUCERS * EACH) as u64);
     }
 }

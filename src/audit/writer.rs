@@ -194,12 +194,20 @@ pub extern "C-unwind" fn pg_entitlements_audit_writer(arg: pg_sys::Datum) {
 
     let mut batch = Vec::with_capacity(BATCH);
     let mut last_record = std::time::Instant::now();
+    let mut held_up_by = None;
     while BackgroundWorker::wait_latch(Some(TICK)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: the documented way for a worker to re-read postgresql.conf on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
+        // A backend that reserved entries and went idle holds up everything queued after
+        // them: still held up by the same reservation a tick (or a wake-up) later, the
+        // writer voids the reservations.
+        if held_up_by.is_some() && queue::held_up_by_reservation(slot) == held_up_by {
+            queue::void_reservations();
+        }
         let drained = drain(slot, db, &mut batch, BACKLOG_TO_CONTINUE);
+        held_up_by = queue::held_up_by_reservation(slot);
         queue::report_drops();
         if drained.stored_any {
             last_record = std::time::Instant::now();
@@ -229,6 +237,7 @@ pub extern "C-unwind" fn pg_entitlements_audit_writer(arg: pg_sys::Datum) {
     // restarts the worker after its restart time, and starts none while it shuts down, so
     // a terminated writer comes back (its slot keeps its cursor meanwhile) and a shutdown
     // still ends it.
+    queue::void_reservations();
     drain(slot, db, &mut batch, 1);
     log!("pg_entitlements audit writer for database {db} stopping (terminated); it restarts unless the server is shutting down");
     // SAFETY: proc_exit runs the exit callbacks (on_exit below) and ends the process.
@@ -258,8 +267,8 @@ struct Drained {
 fn drain(slot: usize, db: u32, batch: &mut Vec<Record>, continue_from: u64) -> Drained {
     let mut out = Drained { stored_any: false, extension_missing: false };
     loop {
-        queue::peek(slot, BATCH, batch);
-        if batch.is_empty() {
+        let spanned = queue::peek(slot, BATCH, batch);
+        if spanned == 0 {
             return out;
         }
         // Usually every record is ours (one database): then the batch is used as it is.
@@ -270,6 +279,7 @@ fn drain(slot: usize, db: u32, batch: &mut Vec<Record>, continue_from: u64) -> D
             std::borrow::Cow::Owned(batch.iter().filter(|r| ours(r)).copied().collect())
         };
         let (written, dropped, cause) = if rows.is_empty() {
+            // Only other databases' records, or void entries.
             (0, 0, queue::Cause::NoWriter)
         } else if queue::note_attempt(slot) > MAX_ATTEMPTS {
             warning!(
@@ -287,7 +297,7 @@ fn drain(slot: usize, db: u32, batch: &mut Vec<Record>, continue_from: u64) -> D
                 }
             }
         };
-        queue::consume(slot, batch.len(), written, dropped, cause, crate::pgutil::now());
+        queue::consume(slot, spanned, written, dropped, cause, crate::pgutil::now());
         if queue::waiting(slot) < continue_from {
             return out;
         }
