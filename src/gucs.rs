@@ -73,7 +73,7 @@ pub enum AuditMode {
 /// Superuser-only: a session must not be able to switch off the record of its own checks.
 pub static AUDIT: GucSetting<AuditMode> = GucSetting::<AuditMode>::new(AuditMode::All);
 
-/// Records the audit queue holds (568 bytes each with its stamp, 18.6 MB at the default: about half a second
+/// Records the audit queue holds (576 bytes each with its stamp, 18.9 MB at the default: about half a second
 /// of checks at full speed on a 2-core machine), fixed at server start.
 pub static AUDIT_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32768);
 

@@ -100,7 +100,7 @@ impl From<Option<i64>> for Quantity {
     }
 }
 
-/// The queue's memory per record; docs/AUDIT.md quotes it.
+/// The record's size (docs/AUDIT.md quotes it); a queue entry adds its stamp, in 576 bytes.
 pub const RECORD_SIZE: usize = 560;
 const _: () = assert!(std::mem::size_of::<Record>() == RECORD_SIZE);
 
