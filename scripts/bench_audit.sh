@@ -140,6 +140,31 @@ awk '{ s[$1] += $2; n[$1]++; v[$1] = v[$1] " " $2 }
 echo "audit counters (queued written dropped pending): $stats; rows in entitlement_checks: $rows"
 awk -v tck="$TCK" '{ t += $1; w += $2 } END { if (w > 0) printf "writer CPU per stored row: %.2f us (%d rows, %.2f CPU s)\n", t / tck / w * 1e6, w, t / tck }' "$cpu"
 echo "sustained: ${SUSTAINED_SECONDS} s of audit on at $sustained tps: $(( q1 - q0 )) records queued, $(( d1 - d0 )) dropped"
+# The backends' side alone, without the client protocol: CLIENTS sessions side by side, each
+# making INSERVER_CHECKS cached checks in one statement, audit on and off alternating (on
+# first in odd rounds), the writer running as usual. Throughput ratio from the wall times;
+# less noisy than pgbench, and it shows what queueing costs when backends queue at once.
+INSERVER_CHECKS=${INSERVER_CHECKS:-150000}
+inserver() { # audit mode -> wall ms
+    local t0 t1
+    t0=$(date +%s%N)
+    for _ in $(seq "$CLIENTS"); do
+        PGOPTIONS="-c pg_entitlements.audit=$1" psql -d app -At -c "SELECT count(*) FROM generate_series(1, $INSERVER_CHECKS) g,
+            LATERAL entitlements.entitlement_check(CASE WHEN g > 0 THEN '11111111-1111-1111-1111-111111111111'::uuid END, 'ccp-05') c" >/dev/null &
+    done
+    wait
+    t1=$(date +%s%N)
+    psql -d app -c "SELECT entitlements.flush_audit()" >/dev/null
+    echo $(( (t1 - t0) / 1000000 ))
+}
+ins=""
+for r in 1 2 3 4 5 6; do
+    if [ $((r % 2)) = 1 ]; then on=$(inserver all); off=$(inserver off); else off=$(inserver off); on=$(inserver all); fi
+    ins="$ins $on/$off"
+done
+echo "in-server, $CLIENTS sessions x $INSERVER_CHECKS checks, wall ms audit on/off per round:$ins"
+echo "$ins" | tr ' ' '\n' | awk -F/ 'NF == 2 { lg += log($2 / $1); n++ } END { printf "in-server audit on / audit off (throughput, geometric mean): %.3f\n", exp(lg / n) }'
+
 # Where the audit's cost lands: CPU per check by process class (scripts/cpu_split.sh), audit
 # on beside audit off, one 12-second run each.
 for audit in all off; do

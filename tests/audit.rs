@@ -331,7 +331,9 @@ fn an_idle_sessions_reservation_neither_holds_up_later_records_nor_counts_as_que
     check(&mut idle, &ws, "ccp-01");
     drop(idle);
     check(&mut busy, &ws, "ccp-02");
-    flush(&mut c);
+    // flush_audit() reports records still pending, not the entries reserved around them.
+    let flushed = flush(&mut c);
+    assert!((0..=2).contains(&flushed), "flush_audit() returned {flushed} for at most 2 pending records");
     let (queued, written, dropped, pending, _) = stats(&mut c);
     assert_eq!((queued - queued0, written - written0, dropped, pending), (8, 8, 0, 0));
     assert_eq!(rows_for(&mut c, &ws), 9, "the first check and the eight since");

@@ -359,12 +359,15 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// handled by then.
 #[pg_extern(volatile, parallel_restricted)]
 fn flush_audit() -> i64 {
-    // Reservations of idle backends would hold the writers up until their next tick.
-    queue::void_reservations();
     let (Some(target), Some(start)) = (queue::enqueued(), queue::handled()) else { return 0 };
     if target <= start {
         return 0;
     }
+    // Reservations of idle backends would hold the writers up until their next tick. (Not
+    // when nothing is queued or reserved: voiding takes the queue's lock exclusively.)
+    queue::void_reservations();
+    // Records, not entries: void ones hold none.
+    let pending = queue::records_between(start, target);
     let deadline = crate::pgutil::now() + FLUSH_TIMEOUT.as_micros() as i64;
     loop {
         queue::wake_writers();
@@ -377,15 +380,15 @@ fn flush_audit() -> i64 {
                 // SAFETY: flushes WAL up to the current insert position; outside recovery.
                 unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
             }
-            return (target - start) as i64;
+            return pending as i64;
         }
         if crate::pgutil::now() > deadline {
+            let left = queue::records_between(handled, target);
             warning!(
-                "pg_entitlements: flush_audit gave up after {}s with {} records pending (is the audit writer running?)",
-                FLUSH_TIMEOUT.as_secs(),
-                target - handled
+                "pg_entitlements: flush_audit gave up after {}s with {left} records pending (is the audit writer running?)",
+                FLUSH_TIMEOUT.as_secs()
             );
-            return handled.saturating_sub(start) as i64;
+            return pending.saturating_sub(left) as i64;
         }
         crate::pgutil::wait_on_latch(10);
     }

@@ -623,6 +623,20 @@ pub fn handled() -> Option<u64> {
     header().map(head)
 }
 
+/// Records among the entries from sequence number `from` to `to` (published or being
+/// written; not reserved, not void).
+pub fn records_between(from: u64, to: u64) -> u64 {
+    header().map_or(0, |h| records_in(h, from, to))
+}
+
+fn records_in(h: &Header, from: u64, to: u64) -> u64 {
+    // Entries more than a lap behind the tail have been reused.
+    let from = from.max(h.tail.load(Ordering::Acquire).saturating_sub(h.capacity));
+    (from..to)
+        .filter(|&seq| matches!(entry_state(h, seq), EntryState::Published | EntryState::Busy))
+        .count() as u64
+}
+
 pub fn wake_writers() {
     let Some(h) = header() else { return };
     for s in writers(h) {
@@ -849,20 +863,14 @@ pub fn statistics() -> Statistics {
             // Entries before the tail that hold no record yet (reserved) or never will (void)
             // are not queued records; the published ones past the head are pending.
             let tail = h.tail.load(Ordering::Acquire);
-            let head = head(h);
-            let (mut reserved, mut pending) = (0, 0);
-            for seq in tail.saturating_sub(h.capacity)..tail {
-                match entry_state(h, seq) {
-                    EntryState::Reserved => reserved += 1,
-                    EntryState::Published | EntryState::Busy if seq >= head => pending += 1,
-                    _ => {}
-                }
-            }
+            let reserved = (tail.saturating_sub(h.capacity)..tail)
+                .filter(|&seq| entry_state(h, seq) == EntryState::Reserved)
+                .count() as u64;
             Statistics {
                 queued: tail.saturating_sub(h.voided.load(Ordering::Relaxed) + reserved),
                 written: h.written.load(Ordering::Relaxed),
                 dropped: std::array::from_fn(|i| h.dropped[i].load(Ordering::Relaxed)),
-                pending,
+                pending: records_in(h, head(h), tail),
                 last_flush_at: (last != 0).then_some(last),
                 writer_running: writers(h).iter().any(|s| s.pid.load(Ordering::Acquire) != 0),
             }
