@@ -572,11 +572,9 @@ fn append(h: &Header, block: &mut Option<Block>, record: &Record) -> Appended {
 fn void_all_reserved(h: &Header) -> u64 {
     let mut voided = 0;
     for i in 0..h.capacity {
-        let st = stamp(h, i);
-        let v = st.load(Ordering::Acquire);
-        if v & RESERVED != 0
-            && st.compare_exchange(v, (v & !FLAGS) | VOID, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-        {
+        // The entry at index i holds sequence numbers i, i + capacity, ...: its stamp says which.
+        let v = stamp(h, i).load(Ordering::Acquire);
+        if v & RESERVED != 0 && void_reserved(h, (v & !FLAGS) - 1) {
             voided += 1;
         }
     }
