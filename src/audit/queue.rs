@@ -481,6 +481,11 @@ fn void_block_at_exit() {
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn void_block_on_exit(_code: i32, _arg: pg_sys::Datum) {
     let (Some(h), Some(block)) = (header(), BLOCK.with(|b| b.take())) else { return };
+    void_block(h, block);
+}
+
+/// Void what is left of a block, counting each entry voided here (not by someone else).
+fn void_block(h: &Header, block: Block) {
     let voided = (block.next..block.end).filter(|&seq| void_reserved(h, seq)).count() as u64;
     h.voided.fetch_add(voided, Ordering::Relaxed);
 }
@@ -992,8 +997,7 @@ mod tests {
                     }
                     // Exit: what is left of the block is voided.
                     if let Some(b) = block {
-                        let voided = (b.next..b.end).filter(|&seq| void_reserved(h, seq)).count() as u64;
-                        h.voided.fetch_add(voided, Ordering::Relaxed);
+                        void_block(h, b);
                     }
                 });
             }
