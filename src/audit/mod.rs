@@ -376,9 +376,13 @@ fn flush_audit() -> i64 {
             // The writer commits asynchronously (docs/AUDIT.md, "Durability"): make what it
             // committed durable before answering, so that a caller who flushed can rely on
             // the rows surviving a crash. Any backend may flush WAL that others inserted.
-            if !in_recovery() {
-                // SAFETY: flushes WAL up to the current insert position; outside recovery.
-                unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
+            // Up to the end of the writers' latest commit record: not to the insert position,
+            // which at a page boundary points past a page header not written yet, and
+            // XLogFlush then fails ("xlog flush request ... is not satisfied").
+            let lsn = queue::last_commit_lsn();
+            if lsn != 0 && !in_recovery() {
+                // SAFETY: flushes WAL up to an LSN already inserted; outside recovery.
+                unsafe { pg_sys::XLogFlush(lsn) };
             }
             return pending as i64;
         }

@@ -122,6 +122,9 @@ struct Header {
     reported_at: AtomicI64,
     /// When a writer last committed a batch (timestamptz microseconds; 0: never).
     last_flush_at: AtomicI64,
+    /// The end of the latest batch's commit record in the WAL (the highest of the writers'):
+    /// what `flush_audit()` makes durable, the writers committing asynchronously.
+    last_commit_lsn: AtomicU64,
     slots: [Slot; MAX_WRITERS],
 }
 
@@ -626,6 +629,11 @@ pub fn handled() -> Option<u64> {
     header().map(head)
 }
 
+/// The end of the latest batch's commit record (0: none since the server started).
+pub fn last_commit_lsn() -> u64 {
+    header().map_or(0, |h| h.last_commit_lsn.load(Ordering::Acquire))
+}
+
 /// Records among the entries from sequence number `from` to `to` (published or being
 /// written; not reserved, not void).
 pub fn records_between(from: u64, to: u64) -> u64 {
@@ -822,9 +830,12 @@ pub fn note_attempt(slot: usize) -> u32 {
 
 /// The first `n` records from the cursor are done: `written` rows committed, `dropped` of
 /// them given up for `cause`, the rest another database's.
-pub fn consume(slot: usize, n: usize, written: u64, dropped: u64, cause: Cause, now: i64) {
+pub fn consume(slot: usize, n: usize, written: u64, dropped: u64, cause: Cause, now: i64, commit_lsn: u64) {
     let Some(h) = header() else { return };
     let s = &h.slots[slot];
+    // Before the cursor moves (with Release below): whoever sees the records handled sees
+    // where their commit ends.
+    h.last_commit_lsn.fetch_max(commit_lsn, Ordering::Relaxed);
     h.written.fetch_add(written, Ordering::Relaxed);
     count_dropped(cause, dropped);
     if written > 0 {

@@ -297,7 +297,9 @@ fn drain(slot: usize, db: u32, batch: &mut Vec<Record>, continue_from: u64) -> D
                 }
             }
         };
-        queue::consume(slot, spanned, written, dropped, cause, crate::pgutil::now());
+        // SAFETY: a backend-local global, set by this process's latest commit (0 before any).
+        let commit_lsn = unsafe { pg_sys::XactLastCommitEnd };
+        queue::consume(slot, spanned, written, dropped, cause, crate::pgutil::now(), commit_lsn);
         if queue::waiting(slot) < continue_from {
             return out;
         }
