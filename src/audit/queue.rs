@@ -808,7 +808,8 @@ pub fn held_up_by_reservation(slot: usize) -> Option<u64> {
     (cursor < h.tail.load(Ordering::Acquire) && entry_state(h, cursor) == EntryState::Reserved).then_some(cursor)
 }
 
-/// Records from the slot's cursor to the tail (its database's and others').
+/// Entries from the slot's cursor to the tail: its database's records and others', and
+/// reserved or void entries (a cheap bound on what waits; `records_between` counts records).
 pub fn waiting(slot: usize) -> u64 {
     let Some(h) = header() else { return 0 };
     h.tail.load(Ordering::Acquire).saturating_sub(h.slots[slot].cursor.load(Ordering::Relaxed))

@@ -28,7 +28,7 @@ const TICK: Duration = Duration::from_millis(200);
 /// so that the fixed cost of a batch (its transaction, the COPY's set-up, the rollups'
 /// statements) is shared by many rows.
 const BATCH: usize = 16384;
-/// After a batch, the writer goes on at once only while at least this many records of the
+/// After a batch, the writer goes on at once only while at least this many entries of the
 /// queue wait; fewer wait for the next tick (or wake-up). Without it, the records that
 /// arrived while a batch was stored would make a smaller batch at once, and the records of
 /// that one a smaller one again: many small transactions, each paying the fixed cost.
@@ -263,7 +263,7 @@ struct Drained {
 }
 
 /// Write the records of our database queued now, batch by batch, skipping the others', until
-/// fewer than `continue_from` records wait (1: until none does).
+/// fewer than `continue_from` entries wait (1: until none does; `queue::waiting`).
 fn drain(slot: usize, db: u32, batch: &mut Vec<Record>, continue_from: u64) -> Drained {
     let mut out = Drained { stored_any: false, extension_missing: false };
     loop {
