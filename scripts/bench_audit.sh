@@ -15,7 +15,9 @@
 # first in even ones: use an even ROUNDS), then the INSERT baseline; the goal (audit on /
 # audit off) is judged on the geometric mean of the per-round ratios, which cancels what the
 # order gives one side; the median and the ratio of the means are shown too.
-#   CLIENTS=4 SECONDS_PER_RUN=8 ROUNDS=8 SUSTAINED_SECONDS=60 bash scripts/bench_audit.sh
+# Last, PINNED_ROUNDS (default 6) more audit-on/audit-off pairs with a core kept for the
+# writer (see the end of the script).
+#   CLIENTS=4 SECONDS_PER_RUN=8 ROUNDS=8 SUSTAINED_SECONDS=60 PINNED_ROUNDS=6 bash scripts/bench_audit.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -172,3 +174,41 @@ for audit in all off; do
     PORT=$PORT DB=app CLIENTS=$CLIENTS PGOPTIONS="-c pg_entitlements.audit=$audit" \
         bash scripts/cpu_split.sh "$W/check.sql" 12 | sed 's/^/  /'
 done
+
+# With a core for the writer: the same audit-on/audit-off pair (PINNED_ROUNDS rounds,
+# alternating order) with the clients (pgbench and the backends it connects to) confined to
+# every core but the last, and the audit writer with PostgreSQL's WAL writer, checkpointer
+# and background writer on the last one. Above, the clients alone use every core, so what the
+# writer stores comes out of the checks' CPU; this shows what the audit costs a server with
+# CPU to spare. Affinity is set with taskset on this benchmark's own cluster only (new
+# backends inherit the postmaster's); the section is skipped on one core or without taskset.
+PINNED_ROUNDS=${PINNED_ROUNDS:-6}
+NCPU=$(nproc)
+if [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null && [ "$PINNED_ROUNDS" -gt 0 ]; then
+    CLIENT_CPUS=0-$((NCPU - 2)); BACKGROUND_CPU=$((NCPU - 1))
+    postmaster=$(head -1 "$DIR/data/postmaster.pid")
+    taskset -p -c "$CLIENT_CPUS" "$postmaster" >/dev/null
+    for kind in 'walwriter' 'checkpointer' 'background writer'; do
+        pid=$(psql -d app -At -c "SELECT pid FROM pg_stat_activity WHERE backend_type = '$kind'")
+        [ -n "$pid" ] && taskset -p -c "$BACKGROUND_CPU" "$pid" >/dev/null
+    done
+    pinned() { # audit mode -> tps
+        if [ "$1" = all ]; then
+            # The writer may have left while idle: start it, then move it to the writer's core.
+            psql -d app -At -c "SELECT 1 FROM entitlements.entitlement_check('11111111-1111-1111-1111-111111111111', 'ccp-05')" >/dev/null
+            for _ in $(seq 100); do pid=$(writer_pid); [ -n "$pid" ] && break; sleep 0.05; done
+            taskset -p -c "$BACKGROUND_CPU" "$pid" >/dev/null
+        fi
+        PGOPTIONS="-c pg_entitlements.audit=$1" taskset -c "$CLIENT_CPUS" "$PG_BIN/pgbench" -n -M prepared \
+            -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -h 127.0.0.1 -p "$PORT" -U postgres -f "$W/check.sql" app 2>/dev/null \
+            | awk '/^tps/ {printf "%.0f", $3}'
+        psql -d app -c "SELECT entitlements.flush_audit()" >/dev/null
+    }
+    d0=$(dropped); pin=""
+    for r in $(seq "$PINNED_ROUNDS"); do
+        if [ $((r % 2)) = 1 ]; then on=$(pinned all); off=$(pinned off); else off=$(pinned off); on=$(pinned all); fi
+        pin="$pin $on/$off"
+    done
+    echo "with a core for the writer (clients on CPUs $CLIENT_CPUS, writer on CPU $BACKGROUND_CPU), tps audit on/off per round:$pin; $(( $(dropped) - d0 )) dropped"
+    echo "$pin" | tr ' ' '\n' | awk -F/ 'NF == 2 { lg += log($1 / $2); n++ } END { printf "with a core for the writer, audit on / audit off (geometric mean): %.3f\n", exp(lg / n) }'
+fi
