@@ -28,6 +28,7 @@ CLIENTS=${CLIENTS:-4}
 THREADS=${THREADS:-2}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
 ROUNDS=${ROUNDS:-8}
+CLIENT_CPUS=""  # set for the pinned runs at the end (run() reads it)
 DIR=$PWD/.run/bench-audit
 PORT=${BENCH_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 
@@ -73,8 +74,8 @@ echo "SELECT * FROM entitlements.entitlement_check('11111111-1111-1111-1111-1111
 echo "SELECT 1;" > "$W/select_1.sql"
 echo "SELECT public.inline_audit_check('11111111-1111-1111-1111-111111111111', 'ccp-05');" > "$W/inline.sql"
 
-run() { # name script [PGOPTIONS]
-    PGOPTIONS=${3:-} "$PG_BIN/pgbench" -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" \
+run() { # name script [PGOPTIONS]; CLIENT_CPUS, when set, confines pgbench to those CPUs
+    PGOPTIONS=${3:-} ${CLIENT_CPUS:+taskset -c "$CLIENT_CPUS"} "$PG_BIN/pgbench" -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" \
         -h 127.0.0.1 -p "$PORT" -U postgres -f "$2" app 2>/dev/null \
         | awk -v n="$1" '/^tps/ {printf "%s %.0f\n", n, $3}'
 }
@@ -199,9 +200,7 @@ if [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null && [ "$PINNED_ROUNDS" -gt 
             for _ in $(seq 100); do pid=$(writer_pid); [ -n "$pid" ] && break; sleep 0.05; done
             taskset -p -c "$BACKGROUND_CPU" "$pid" >/dev/null
         fi
-        PGOPTIONS="-c pg_entitlements.audit=$1" taskset -c "$CLIENT_CPUS" "$PG_BIN/pgbench" -n -M prepared \
-            -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -h 127.0.0.1 -p "$PORT" -U postgres -f "$W/check.sql" app 2>/dev/null \
-            | awk '/^tps/ {printf "%.0f", $3}'
+        run pinned "$W/check.sql" "-c pg_entitlements.audit=$1" | awk '{printf "%s", $2}'
         psql -d app -c "SELECT entitlements.flush_audit()" >/dev/null
     }
     d0=$(dropped); pin=""
